@@ -1,0 +1,409 @@
+"""Mini-batches of *groups* of observations.
+
+Models for grouped data (ML-VAE, N-VAE, UG-VAE) consume batches made of several groups, each group a set of
+rows that share something (a label, an identity, or -- for UG-VAE -- simply being in the same random batch).
+A batch is a :class:`GroupBatch`: the dataset rows, concatenated group after group, and for each row the
+index of its group inside the batch.
+
+The samplers are reproducible: every epoch draws from a private :class:`torch.Generator` seeded from
+``(seed, epoch)``, each ``iter(sampler)`` starts the next epoch, and :meth:`state_dict` /
+:meth:`load_state_dict` save and restore the epoch counter so that a resumed run sees exactly the batches
+the uninterrupted run would have seen. The global RNGs are never touched.
+"""
+from __future__ import annotations
+
+from typing import Dict, Iterator, List, NamedTuple, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+
+__all__ = [
+    "GroupBatch",
+    "GroupBatchSampler",
+    "RandomBatchSampler",
+    "structured_batches",
+    "DIGIT_FAMILIES",
+    "single_label_families",
+]
+
+
+class GroupBatch(NamedTuple):
+    """One mini-batch of groups.
+
+    :ivar torch.LongTensor indices: ``(n,)`` dataset rows, concatenated group after group.
+    :ivar torch.LongTensor group_index: ``(n,)`` group of each row, numbered ``0..num_groups-1`` in batch order;
+        every value is present (no empty group).
+    :ivar int num_groups: number of groups in the batch.
+    """
+
+    indices: torch.Tensor
+    group_index: torch.Tensor
+    num_groups: int
+
+
+#: label families used by UG-VAE's structured-batch evaluation on digits.
+DIGIT_FAMILIES: Dict[str, List[int]] = {
+    "even": [0, 2, 4, 6, 8],
+    "odd": [1, 3, 5, 7, 9],
+    "prime": [2, 3, 5, 7],
+    "fibonacci": [0, 1, 2, 3, 5, 8],
+}
+
+
+# ----------------------------------------------------------------------------------------------------------
+# helpers
+# ----------------------------------------------------------------------------------------------------------
+
+
+def _epoch_generator(seed: int, epoch: int) -> torch.Generator:
+    """A fresh CPU generator whose state depends only on ``(seed, epoch)`` (well mixed by SeedSequence)."""
+    entropy = [int(seed) & 0xFFFFFFFFFFFFFFFF, int(epoch) & 0xFFFFFFFFFFFFFFFF]
+    state = np.random.SeedSequence(entropy).generate_state(2, dtype=np.uint32)
+    return torch.Generator().manual_seed(int(state[0]) << 32 | int(state[1]))
+
+
+def _as_labels(labels) -> torch.Tensor:
+    if torch.is_tensor(labels):
+        t = labels.detach().cpu()
+    else:
+        arr = np.asarray(labels)
+        if arr.dtype == object:
+            raise ValueError("labels must be a 1-D integer tensor/array, got an object array")
+        if not arr.flags.writeable:
+            arr = arr.copy()
+        t = torch.as_tensor(arr)
+    if t.dim() != 1:
+        raise ValueError(f"labels must be 1-D, got shape {tuple(t.shape)}")
+    if t.dtype == torch.bool or t.is_floating_point() or t.is_complex():
+        raise ValueError(f"labels must have an integer dtype, got {t.dtype}")
+    if t.numel() == 0:
+        raise ValueError("labels is empty: there is nothing to sample")
+    return t.long()
+
+
+def _rows_per_label(labels: torch.Tensor) -> Tuple[torch.Tensor, List[torch.Tensor]]:
+    """Distinct label values (sorted) and, for each, the rows holding it (increasing order)."""
+    order = torch.argsort(labels, stable=True)
+    values, counts = torch.unique_consecutive(labels[order], return_counts=True)
+    return values, list(torch.split(order, counts.tolist()))
+
+
+def _check_positive_int(name: str, value, allow_none: bool = False):
+    if value is None and allow_none:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    if value < 1:
+        raise ValueError(f"{name} must be >= 1, got {value}")
+    return int(value)
+
+
+def _make_batch(groups: Sequence[torch.Tensor]) -> GroupBatch:
+    sizes = torch.tensor([g.numel() for g in groups], dtype=torch.long)
+    indices = torch.cat(list(groups))
+    group_index = torch.repeat_interleave(torch.arange(len(groups)), sizes)
+    return GroupBatch(indices, group_index, len(groups))
+
+
+class _EpochState:
+    """Epoch counter shared by the samplers (``state_dict`` / ``load_state_dict`` / ``set_epoch``)."""
+
+    seed: int
+    epoch: int
+
+    def set_epoch(self, epoch: int) -> None:
+        """Make the next ``iter(self)`` produce epoch ``epoch``."""
+        self.epoch = int(epoch)
+
+    def state_dict(self) -> dict:
+        """``{"epoch": e, "seed": s}``: the next ``iter`` will produce epoch ``e``.
+
+        Saving inside an epoch records the *next* epoch (the current one counts as started), so resuming
+        continues with a fresh epoch.
+        """
+        return {"epoch": self.epoch, "seed": self.seed}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore the epoch counter saved by :meth:`state_dict` (and the seed, if present)."""
+        self.epoch = int(state["epoch"])
+        if "seed" in state:
+            self.seed = int(state["seed"])
+
+    def _next_generator(self) -> torch.Generator:
+        gen = _epoch_generator(self.seed, self.epoch)
+        self.epoch += 1
+        return gen
+
+
+# ----------------------------------------------------------------------------------------------------------
+# groups sharing a label
+# ----------------------------------------------------------------------------------------------------------
+
+
+class GroupBatchSampler(_EpochState):
+    """Batches of groups of observations sharing a label (ML-VAE / N-VAE training).
+
+    Three ways to form the groups of one epoch:
+
+    * ``group_size=k``: for every label, its rows are permuted and cut into groups of exactly ``k`` rows; a
+      remainder smaller than ``k`` is dropped (a different one every epoch). Labels with fewer than ``k``
+      rows contribute no group.
+    * ``group_size=None`` (default): every label is one group holding all its rows (variable size). Taking
+      every group in its entirety gives an unbiased estimate of the ML-VAE objective.
+    * ``group_size=None, max_group_size=m``: as above, but every epoch a group larger than ``m`` is replaced by
+      ``m`` of its members drawn at random without replacement. This is the *biased* estimator of the ML-VAE
+      paper (Bouchacourt et al. 2018, sec. 3.2 and supplement "Bias of the Objective"): with the product- or
+      mixture-of-normals content posterior the ELBO of a sub-sampled group is not an unbiased estimate of the
+      whole-group ELBO. Use it for efficiency when groups are large.
+
+    The groups are then shuffled (if ``shuffle``; otherwise they come in increasing label order, and within
+    a label in chunk order) and every ``batch_groups`` consecutive groups form a batch; the last, smaller
+    batch is kept unless ``drop_last``. Note that ``shuffle=False`` only fixes the *order* of the groups:
+    the random membership of fixed-size or sub-sampled groups still changes from epoch to epoch (use
+    :meth:`set_epoch` to replay an epoch).
+
+    Within a batch the groups are numbered ``0..B-1`` in batch order and their rows are concatenated in that
+    order (see :class:`GroupBatch`). All randomness comes from a generator seeded from ``(seed, epoch)``; every
+    ``iter(sampler)`` starts the next epoch.
+
+    :param labels: 1-D integer labels of the dataset rows (any integer values, not necessarily contiguous).
+    :param int batch_groups: number of groups per batch.
+    :param int group_size: fixed group size ``k``, or ``None`` for whole-label groups.
+    :param int max_group_size: cap ``m`` on the size of whole-label groups (only with ``group_size=None``).
+    :param bool shuffle: shuffle the order of the groups every epoch.
+    :param bool drop_last: drop the last batch if it has fewer than ``batch_groups`` groups.
+    :param int seed: seed of the sampler.
+    :raises ValueError: labels not 1-D integer or empty; ``batch_groups``, ``group_size`` or
+        ``max_group_size`` < 1; both ``group_size`` and ``max_group_size`` given; ``group_size`` larger than
+        every label's number of rows; ``drop_last`` with fewer groups than ``batch_groups``.
+
+    Example::
+
+        sampler = GroupBatchSampler(ds.y, batch_groups=16, group_size=5, seed=0)
+        for epoch in range(10):
+            for batch in sampler:
+                x = ds.x[batch.indices]  # (16 * 5, C, H, W)
+                loss = svi.step(x, batch.group_index, batch.num_groups)
+    """
+
+    def __init__(
+        self,
+        labels,
+        batch_groups: int,
+        group_size: Optional[int] = None,
+        max_group_size: Optional[int] = None,
+        shuffle: bool = True,
+        drop_last: bool = False,
+        seed: int = 0,
+    ):
+        self.labels = _as_labels(labels)
+        self.batch_groups = _check_positive_int("batch_groups", batch_groups)
+        self.group_size = _check_positive_int("group_size", group_size, allow_none=True)
+        self.max_group_size = _check_positive_int("max_group_size", max_group_size, allow_none=True)
+        if self.group_size is not None and self.max_group_size is not None:
+            raise ValueError(
+                "give either group_size (fixed-size groups) or max_group_size (cap on whole-label groups), "
+                "not both"
+            )
+        self.shuffle = bool(shuffle)
+        self.drop_last = bool(drop_last)
+        self.seed = int(seed)
+        self.epoch = 0
+
+        self.label_values, self._rows = _rows_per_label(self.labels)
+        self.label_counts = torch.tensor([r.numel() for r in self._rows], dtype=torch.long)
+        if self.group_size is not None:
+            k = self.group_size
+            if int(self.label_counts.max()) < k:
+                raise ValueError(
+                    f"group_size={k} is larger than every group: the largest label has only "
+                    f"{int(self.label_counts.max())} rows, so no group can be formed"
+                )
+            self._groups_per_label = (self.label_counts // k).tolist()
+        else:
+            self._groups_per_label = [1] * len(self._rows)
+        self.num_groups_per_epoch = int(sum(self._groups_per_label))
+        if self.drop_last and self.num_groups_per_epoch < self.batch_groups:
+            raise ValueError(
+                f"drop_last=True but an epoch has only {self.num_groups_per_epoch} groups, fewer than "
+                f"batch_groups={self.batch_groups}: no batch would be produced"
+            )
+
+    @property
+    def num_labels(self) -> int:
+        """Number of distinct label values."""
+        return len(self._rows)
+
+    def __len__(self) -> int:
+        """Number of batches per epoch (exact: the number of groups per epoch does not vary)."""
+        g, b = self.num_groups_per_epoch, self.batch_groups
+        return g // b if self.drop_last else -(-g // b)
+
+    def _epoch_groups(self, gen: torch.Generator):
+        """Groups of this epoch: a ``(G, k)`` LongTensor (fixed size) or a list of LongTensors."""
+        if self.group_size is not None:
+            k = self.group_size
+            chunks = []
+            for rows, n_groups in zip(self._rows, self._groups_per_label):
+                if n_groups == 0:
+                    continue
+                perm = torch.randperm(rows.numel(), generator=gen)
+                chunks.append(rows[perm[: n_groups * k]].view(n_groups, k))
+            return torch.cat(chunks, 0)
+        m = self.max_group_size
+        groups = []
+        for rows in self._rows:
+            if m is not None and rows.numel() > m:
+                rows = rows[torch.randperm(rows.numel(), generator=gen)[:m]]
+            groups.append(rows)
+        return groups
+
+    def __iter__(self) -> Iterator[GroupBatch]:
+        gen = self._next_generator()
+        groups = self._epoch_groups(gen)
+        g = self.num_groups_per_epoch
+        order = torch.randperm(g, generator=gen) if self.shuffle else torch.arange(g)
+        return self._batches(groups, order)
+
+    def _batches(self, groups, order: torch.Tensor) -> Iterator[GroupBatch]:
+        b = self.batch_groups
+        for start in range(0, len(self) * b, b):
+            sel = order[start : start + b]
+            if torch.is_tensor(groups):  # fixed size: (G, k)
+                block = groups[sel]
+                n, k = block.shape
+                yield GroupBatch(block.reshape(-1), torch.arange(n).repeat_interleave(k), n)
+            else:
+                yield _make_batch([groups[i] for i in sel.tolist()])
+
+
+# ----------------------------------------------------------------------------------------------------------
+# random batches as groups (UG-VAE)
+# ----------------------------------------------------------------------------------------------------------
+
+
+class RandomBatchSampler(_EpochState):
+    """UG-VAE's training regime: random mini-batches, each batch being one group.
+
+    Every epoch the rows ``0..num_items-1`` are permuted (if ``shuffle``) and cut into batches of
+    ``batch_size``; every ``batches_per_step`` consecutive batches form one step, returned as a
+    :class:`GroupBatch` whose ``group_index`` says which batch of the step a row belongs to (UG-VAE gives each
+    batch its own global latent). With ``drop_last`` (default) a final batch smaller than ``batch_size`` and a
+    final step with fewer than ``batches_per_step`` batches are dropped; otherwise they are kept.
+
+    Reproducibility, ``state_dict`` and ``len`` behave as in :class:`GroupBatchSampler`.
+
+    :param int num_items: number of dataset rows.
+    :param int batch_size: rows per batch (group).
+    :param int batches_per_step: batches (groups) per step.
+    :param bool shuffle: permute the rows every epoch (otherwise consecutive rows form a batch).
+    :param bool drop_last: drop incomplete batches and steps.
+    :param int seed: seed of the sampler.
+    """
+
+    def __init__(
+        self,
+        num_items: int,
+        batch_size: int,
+        batches_per_step: int = 1,
+        shuffle: bool = True,
+        drop_last: bool = True,
+        seed: int = 0,
+    ):
+        self.num_items = _check_positive_int("num_items", num_items)
+        self.batch_size = _check_positive_int("batch_size", batch_size)
+        self.batches_per_step = _check_positive_int("batches_per_step", batches_per_step)
+        self.shuffle = bool(shuffle)
+        self.drop_last = bool(drop_last)
+        self.seed = int(seed)
+        self.epoch = 0
+        if self.drop_last and self.num_items < self.batch_size * self.batches_per_step:
+            raise ValueError(
+                f"drop_last=True but num_items={self.num_items} < batch_size * batches_per_step = "
+                f"{self.batch_size * self.batches_per_step}: no step would be produced"
+            )
+
+    @property
+    def num_batches(self) -> int:
+        """Batches (groups) per epoch."""
+        n, b = self.num_items, self.batch_size
+        return n // b if self.drop_last else -(-n // b)
+
+    def __len__(self) -> int:
+        """Steps per epoch."""
+        nb, s = self.num_batches, self.batches_per_step
+        return nb // s if self.drop_last else -(-nb // s)
+
+    def __iter__(self) -> Iterator[GroupBatch]:
+        gen = self._next_generator()
+        perm = torch.randperm(self.num_items, generator=gen) if self.shuffle else torch.arange(self.num_items)
+        return self._steps(perm)
+
+    def _steps(self, perm: torch.Tensor) -> Iterator[GroupBatch]:
+        bs, s = self.batch_size, self.batches_per_step
+        rows_per_step = bs * s
+        n_used = min(self.num_batches * bs, self.num_items)
+        for step in range(len(self)):
+            start = step * rows_per_step
+            idx = perm[start : min(start + rows_per_step, n_used)]
+            group_index = torch.arange(idx.numel()) // bs
+            yield GroupBatch(idx, group_index, int(group_index[-1]) + 1)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# structured batches (UG-VAE evaluation)
+# ----------------------------------------------------------------------------------------------------------
+
+
+def structured_batches(
+    labels,
+    families: Dict[str, Sequence[int]],
+    batch_size: int,
+    batches_per_family: int,
+    seed: int = 0,
+) -> Tuple[GroupBatch, torch.Tensor]:
+    """Batches whose rows all come from one *family* of labels (UG-VAE's structured evaluation).
+
+    For every family (in dict order) ``batches_per_family`` batches are drawn; each batch is one group of
+    ``batch_size`` rows sampled without replacement (inside the batch) among the rows whose label is in the
+    family. Different batches are drawn independently and may share rows.
+
+    :param labels: 1-D integer labels of the dataset rows.
+    :param dict families: family name -> list of allowed label values, e.g. :data:`DIGIT_FAMILIES` or
+        :func:`single_label_families`.
+    :param int batch_size: rows per batch.
+    :param int batches_per_family: batches per family.
+    :param int seed: seed (a private generator is used).
+    :return: ``(batch, family_ids)``: a :class:`GroupBatch` with ``len(families) * batches_per_family``
+        groups (family after family), and ``family_ids``, a LongTensor ``(num_groups,)`` giving the family
+        index (dict order) of every group.
+    :raises ValueError: bad labels, empty ``families``, ``batch_size`` or ``batches_per_family`` < 1, or a family
+        with fewer than ``batch_size`` rows (named).
+    """
+    labels = _as_labels(labels)
+    if not families:
+        raise ValueError("families is empty")
+    batch_size = _check_positive_int("batch_size", batch_size)
+    batches_per_family = _check_positive_int("batches_per_family", batches_per_family)
+    gen = _epoch_generator(seed, 0)
+    chunks = []
+    for name, allowed in families.items():
+        allowed_t = torch.as_tensor(list(allowed), dtype=torch.long)
+        rows = torch.nonzero(torch.isin(labels, allowed_t), as_tuple=True)[0]
+        if rows.numel() < batch_size:
+            raise ValueError(
+                f"family {name!r} (labels {list(allowed)}) has {rows.numel()} rows, fewer than "
+                f"batch_size={batch_size}"
+            )
+        for _ in range(batches_per_family):
+            chunks.append(rows[torch.randperm(rows.numel(), generator=gen)[:batch_size]])
+    num_groups = len(chunks)
+    batch = GroupBatch(torch.cat(chunks), torch.arange(num_groups).repeat_interleave(batch_size), num_groups)
+    family_ids = torch.arange(len(families)).repeat_interleave(batches_per_family)
+    return batch, family_ids
+
+
+def single_label_families(labels) -> Dict[str, List[int]]:
+    """``{str(v): [v]}`` for every distinct label value ``v`` (sorted): batches that share one label value."""
+    values = torch.unique(_as_labels(labels)).tolist()
+    return {str(v): [v] for v in values}

@@ -1,0 +1,116 @@
+"""Quantitative evaluation of disentanglement by classification (ML-VAE paper fig. 6c, supplement sec. 3).
+
+The content features should predict the class and the style features should not. Following the supplement,
+the classifier's train and test sets are both drawn from the *test* images: content is accumulated over groups of
+``K`` images of a class to build the classifier's training features, and over groups of ``k <= K`` images at test
+(``k = 1``: no grouping information). The classifier is two linear layers of 256 units (tanh, softmax), trained
+with cross-entropy by Adam (1e-3); the test cross-entropy in bits is the reported upper bound on the conditional
+entropy ``H(class | features)``. Everything is repeated over ``trials`` random draws of the images.
+
+Choices the paper leaves open, and ours: training features are one *sample* per image from its group's
+posterior (with the posterior mean, a group of ``K`` images would give ``K`` identical points); test features are
+posterior *means*; the remaining test images of a class (after the ``K`` training ones) are cut into groups of
+``k`` (a remainder smaller than ``k`` is dropped).
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+
+@torch.enable_grad()
+def train_classifier(features, labels, num_classes, steps=500, lr=1e-3, hidden=256, seed=0):
+    """The supplement's classifier (Linear-256-tanh-Linear-softmax), trained full-batch with Adam."""
+    g = torch.Generator().manual_seed(seed)
+    net = nn.Sequential(nn.Linear(features.shape[1], hidden), nn.Tanh(), nn.Linear(hidden, num_classes))
+    with torch.no_grad():
+        for p in net.parameters():
+            p.copy_(torch.randn(p.shape, generator=g) * (1.0 / math.sqrt(p.shape[-1])) if p.dim() == 2 else 0 * p)
+    mean, std = features.mean(0), features.std(0).clamp_min(1e-6)
+    opt = torch.optim.Adam(net.parameters(), lr=lr)
+    for _ in range(steps):
+        opt.zero_grad()
+        loss = nn.functional.cross_entropy(net((features - mean) / std), labels)
+        loss.backward()
+        opt.step()
+    return lambda f: net((f - mean) / std)
+
+
+def _groups_of(index_per_class, k):
+    """Cut each class's rows into groups of k; returns (rows, group ids)."""
+    rows, gids, next_id = [], [], 0
+    for idx in index_per_class:
+        n = (len(idx) // k) * k
+        if n == 0:
+            continue
+        rows.append(idx[:n])
+        gids.append(torch.arange(n) // k + next_id)
+        next_id += n // k
+    return torch.cat(rows), torch.cat(gids)
+
+
+@torch.no_grad()
+def accumulation_classification(model, x, y, ks=tuple(range(1, 11)), K=None, trials=5, seed=0,
+                                classifier_steps=500, progress=False):
+    """Classification accuracy and conditional entropy from content and style features.
+
+    :param model: a model with ``encode(x, group_ids) -> (content, style)`` (ML-VAE or VAE baseline).
+    :param x: evaluation images (the test split).
+    :param y: their class labels.
+    :param ks: group sizes used at test time.
+    :param int K: group size for the classifier's training features (default ``max(ks)``).
+    :param int trials: repetitions with different random images.
+    :returns: dict with ``k``, ``content_accuracy``/``content_entropy_bits`` (lists over k, mean over trials),
+        their ``*_std``, and ``style_accuracy``/``style_entropy_bits`` (style does not depend on k), per trial
+        values under ``trials``.
+    """
+    ks = list(ks)
+    K = K or max(ks)
+    y = torch.as_tensor(y).long().cpu()
+    classes = torch.unique(y)
+    num_classes = int(classes.max()) + 1
+    device = next(model.parameters()).device
+    x = x.to(device)
+    per_trial = []
+    for t in tqdm(range(trials), disable=not progress, desc="classification trials"):
+        g = torch.Generator().manual_seed(seed + t)
+        train_rows, test_rows = [], []
+        for c in classes:
+            idx = torch.nonzero(y == c).flatten()
+            idx = idx[torch.randperm(len(idx), generator=g)]
+            if len(idx) < K + max(ks):
+                raise ValueError(f"class {int(c)} has {len(idx)} images; need K + max(k) = {K + max(ks)}")
+            train_rows.append(idx[:K])
+            test_rows.append(idx[K:])
+        rows, gids = _groups_of(train_rows, K)
+        torch.manual_seed(seed + t)
+        content, style = model.encode(x[rows], gids.to(device))
+        f_train_c = content.sample().cpu()
+        f_train_s = style.sample().cpu()
+        clf_c = train_classifier(f_train_c, y[rows], num_classes, classifier_steps, seed=seed + t)
+        clf_s = train_classifier(f_train_s, y[rows], num_classes, classifier_steps, seed=seed + t)
+        result = {"content_accuracy": [], "content_entropy_bits": []}
+        for k in ks:
+            trows, tg = _groups_of(test_rows, k)
+            c_test, s_test = model.encode(x[trows], tg.to(device))
+            logits = clf_c(c_test.mean.cpu())
+            result["content_accuracy"].append((logits.argmax(1) == y[trows]).float().mean().item())
+            result["content_entropy_bits"].append(
+                nn.functional.cross_entropy(logits, y[trows]).item() / math.log(2))
+            if k == ks[0]:
+                logits_s = clf_s(s_test.mean.cpu())
+                result["style_accuracy"] = (logits_s.argmax(1) == y[trows]).float().mean().item()
+                result["style_entropy_bits"] = nn.functional.cross_entropy(logits_s, y[trows]).item() / math.log(2)
+        per_trial.append(result)
+    out = {"k": ks, "K": K, "trials": per_trial}
+    for key in ("content_accuracy", "content_entropy_bits"):
+        arr = np.array([r[key] for r in per_trial])
+        out[key], out[key + "_std"] = arr.mean(0).tolist(), arr.std(0).tolist()
+    for key in ("style_accuracy", "style_entropy_bits"):
+        arr = np.array([r[key] for r in per_trial])
+        out[key], out[key + "_std"] = float(arr.mean()), float(arr.std())
+    return out

@@ -1,0 +1,66 @@
+"""What every model of the library shares: config for checkpoints, Pyro registration, batching, checks."""
+from __future__ import annotations
+
+import pyro
+import torch
+from torch import nn
+
+from ..validation import check_group_index, check_images
+
+
+class GroupModel(nn.Module):
+    """Base class: an ``nn.Module`` holding the networks, with Pyro ``model`` and ``guide`` methods.
+
+    Subclasses call ``super().__init__(**config)`` with JSON-serialisable constructor arguments, so that
+    :func:`pyro_groupvae.load_run` can rebuild them, and implement ``model``, ``guide`` and ``batch_inputs``.
+    ``pyro.module`` registers the networks under :attr:`pyro_name` in both ``model`` and ``guide``.
+    """
+
+    #: name in the model registry and in the Pyro param store
+    name = "groupmodel"
+
+    def __init__(self, **config):
+        super().__init__()
+        self.config = dict(config)
+
+    @property
+    def pyro_name(self):
+        return self.name
+
+    def register(self):
+        """``pyro.module`` this model. If the param store holds tensors of another instance under the same
+        names (two models built in one process), they are dropped first, so the store never trains a stale
+        copy while this module's own parameters stay untouched."""
+        store = pyro.get_param_store()
+        prefix = self.pyro_name + "$$$"
+        first = next((n for n, p in self.named_parameters() if p.requires_grad), None)
+        if first is not None and prefix + first in store:
+            if store._params[prefix + first] is not dict(self.named_parameters())[first]:
+                for key in [k for k in store.keys() if k.startswith(prefix)]:
+                    del store[key]
+        pyro.module(self.pyro_name, self)
+
+    @property
+    def device(self):
+        return next(self.parameters()).device
+
+    def default_elbo(self):
+        """The ELBO this model trains with by default."""
+        return pyro.infer.TraceMeanField_ELBO()
+
+    def check_inputs(self, x, group_index=None, num_groups=None):
+        """Validate images and group ids; returns ``(group_index, num_groups)``."""
+        check_images(x, self.config["image_shape"], self.config.get("likelihood"))
+        if group_index is None:
+            return torch.arange(x.shape[0], device=x.device), x.shape[0]
+        return check_group_index(group_index, x.shape[0], num_groups)
+
+    def batch_inputs(self, data, batch, device=None):
+        """Keyword arguments of ``model``/``guide`` for one :class:`~pyro_groupvae.data.samplers.GroupBatch`
+        of dataset ``data``."""
+        device = device or self.device
+        return dict(
+            x=data.x[batch.indices].to(device),
+            group_index=batch.group_index.to(device),
+            num_groups=batch.num_groups,
+        )
