@@ -1,6 +1,8 @@
 """What every model of the library shares: config for checkpoints, Pyro registration, batching, checks."""
 from __future__ import annotations
 
+import contextlib
+
 import pyro
 import torch
 from torch import nn
@@ -48,12 +50,34 @@ class GroupModel(nn.Module):
         """The ELBO this model trains with by default."""
         return pyro.infer.TraceMeanField_ELBO()
 
+    #: per-call input checks in ``model``/``guide``; :meth:`trusted_inputs` turns them off
+    _checks = True
+
     def check_inputs(self, x, group_index=None, num_groups=None):
         """Validate images and group ids; returns ``(group_index, num_groups)``."""
-        check_images(x, self.config["image_shape"], self.config.get("likelihood"))
         if group_index is None:
+            if self._checks:
+                check_images(x, self.config["image_shape"], self.config.get("likelihood"))
             return torch.arange(x.shape[0], device=x.device), x.shape[0]
+        if not self._checks:
+            return group_index, int(group_index.max()) + 1 if num_groups is None else num_groups
+        check_images(x, self.config["image_shape"], self.config.get("likelihood"))
         return check_group_index(group_index, x.shape[0], num_groups)
+
+    def check_dataset(self, data):
+        """Validate a whole dataset once (shape, NaN, binary data for a Bernoulli likelihood)."""
+        check_images(data.x, self.config["image_shape"], self.config.get("likelihood"), name=data.name or "data")
+
+    @contextlib.contextmanager
+    def trusted_inputs(self):
+        """Skip the per-call input checks (the training loop validates the dataset once, and the samplers
+        build well-formed group ids), saving their cost in every step."""
+        old = self._checks
+        self._checks = False
+        try:
+            yield self
+        finally:
+            self._checks = old
 
     def batch_inputs(self, data, batch, device=None):
         """Keyword arguments of ``model``/``guide`` for one :class:`~pyro_groupvae.data.samplers.GroupBatch`

@@ -1,0 +1,392 @@
+r"""The hierarchically decomposed ELBO of the HFVAE (Esmaeili et al., AISTATS 2019), as a Pyro ELBO.
+
+Decomposition (paper figs. 2 and 4). With the empirical data distribution :math:`q(x)`, the inference marginal
+:math:`q(z) = \frac1N \sum_n q(z|x^n)`, latent *groups* :math:`z_d` and *sub-variables* :math:`z_{d,e}`:
+
+.. math::
+
+    \text{ELBO} = \underbrace{E[\log p(x|z)]}_{①+③}
+        - \underbrace{E[\log q(z|x) - \log q(z)]}_{-②:\ I(x;z)}
+        + \underbrace{E[\log \tfrac{p(z)}{\prod_d p(z_d)} - \log \tfrac{q(z)}{\prod_d q(z_d)}]}_{Ⓐ:\ \text{TC between groups}}
+        + \sum_d \underbrace{E[\log \tfrac{p(z_d)}{\prod_e p(z_{d,e})} - \log \tfrac{q(z_d)}{\prod_e q(z_{d,e})}]}_{ⓘ-ⓘⓘ:\ \text{TC within group } d}
+        - \sum_{d,e} \underbrace{KL(q(z_{d,e}) \| p(z_{d,e}))}_{\text{dimension-wise KL}}
+
+and the HFVAE objective (eq. 9) weights the pieces:
+
+.. math::
+
+    \mathcal L = E[\log p(x|z)] - \alpha\, I(x;z) - \beta\, TC_{between} - \gamma \sum_d TC_{within,d}
+        - \delta \sum_{d,e} KL_{d,e}
+
+**Reading of eq. 9 (the paper's typesetting is ambiguous).** Eq. 9 is printed as
+``L = ① + ③ + ⓘⓘ + α② + βⒶ + γⓘ``; taken literally it would weight the *prior* part ⓘ of the within-group
+term with gamma and the *inference* total correlation ⓘⓘ with 1, and it would drop the dimension-wise KLs, which
+contradicts the text ("gamma controls the TC regularization for individual variables") and table 1. We read
+γⓘ as the whole within-group term ⓘ-ⓘⓘ (inference TC relative to the prior's) and the unweighted ⓘⓘ slot as
+the remaining per-sub-variable KLs. With this reading ``alpha = beta = gamma = delta = 1`` gives back the
+ordinary ELBO *exactly*, sample by sample: every estimated marginal cancels (tested against ``Trace_ELBO``).
+``delta`` (default 1, not in eq. 9) is there only so that the beta-VAE of table 1 (all KL pieces times beta)
+is a setting of the same objective. Settings of table 1 (see :data:`PRESETS`):
+
+=============  =======  =======  =======  =======
+objective      alpha    beta     gamma    delta
+=============  =======  =======  =======  =======
+VAE            1        1        1        1
+beta-VAE       b        b        b        b
+beta-TCVAE     1        b (*)    b (*)    1
+HFVAE          1        b        g        1
+=============  =======  =======  =======  =======
+
+(*) beta-TCVAE penalises the total correlation between all scalar latent variables: with one Normal site of
+scalar sub-variables the between-group TC is identically 0 and the TC between dimensions is the within-group
+term, so both weights are set to b.
+
+**Groups and sub-variables of a Pyro model.** Every latent sample site of the guide that lives in the
+observation plate is a group :math:`z_d`. Its sub-variables :math:`z_{d,e}` are the elements of the dimensions
+reinterpreted by ``.to_event`` (``Independent``) when both the guide and the prior declare them independent
+(``Normal(loc, scale).to_event(1)``: one sub-variable per dimension; ``ExpConcrete(...).to_event(1)`` over
+``V`` discrete variables: one per variable); a site whose distribution is not an ``Independent`` (a single
+Concrete variable, a multivariate Normal) is *one* sub-variable, so its within-group TC is 0. The prior is
+taken to factorise over sites (each site's prior density is its marginal), so the prior part of Ⓐ is 0; the
+prior part of ⓘ is computed (it is 0 for ``Independent`` priors). Latent sites outside the observation plate
+(global latents) enter with the ordinary ``log p - log q``.
+
+**The discrete block.** A Concrete site (:class:`~pyro_groupvae.distributions.ExpConcrete`) enters like any
+other group: its density under every encoder of the batch gives the batch estimate of its marginal, so it takes
+part in the between-group TC with the Normal block (weight beta) and in its own dimension-wise KL to the
+Concrete prior; being one sub-variable it has no within-group TC.
+
+**Estimator of the marginals (eq. 13, appendix A.1).** For a batch of ``B`` observations out of ``N``,
+
+.. math::
+
+    \hat q(z^{(b)}) = \frac1N q(z^{(b)}|x^{(b)}) + \frac{N-1}{N(B-1)} \sum_{b'\ne b} q(z^{(b)}|x^{(b')}),
+
+and the same for :math:`q(z_d)` and :math:`q(z_{d,e})` with the densities of the group or sub-variable. ``N`` is
+``dataset_size`` (constructor), else the ``infer={"dataset_size": N}`` entry of the guide site, else the size of
+the observation plate (so a subsampled ``pyro.plate("data", N, subsample=...)`` works as in Pyro). The
+``B x B`` table of log densities is computed in row chunks of at most ``max_chunk_elements`` entries
+(``chunk_rows x B x E``); with gradients each chunk is recomputed in the backward pass
+(``torch.utils.checkpoint``), so memory is :math:`O(B \cdot E + \text{chunk})`, linear in the latent size,
+and no ``B x B x E`` tensor exists at once.
+
+Reparameterised sites only (Normal, Concrete); particles are drawn one after another (no vectorised particles).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import List
+
+import torch
+from pyro.infer import Trace_ELBO
+from pyro.util import warn_if_nan
+from torch.distributions import Independent
+from torch.utils.checkpoint import checkpoint
+
+from ..validation import InputError
+
+__all__ = ["HFVAE_ELBO", "PRESETS", "preset_weights", "log_batch_marginals", "stratified_log_weights"]
+
+#: preset name -> function of (beta, gamma) giving the weights (alpha, beta, gamma, delta) of table 1, and whether
+#: the model has the structured (Normal + Concrete) prior.
+PRESETS = {
+    "vae": dict(structured=False, weights=lambda b, g: (1.0, 1.0, 1.0, 1.0)),
+    "beta-vae": dict(structured=False, weights=lambda b, g: (b, b, b, b)),
+    "beta-tcvae": dict(structured=False, weights=lambda b, g: (1.0, b, b, 1.0)),
+    "beta-svae": dict(structured=True, weights=lambda b, g: (b, b, b, b)),
+    "hfvae": dict(structured=True, weights=lambda b, g: (1.0, b, g, 1.0)),
+}
+
+
+def preset_weights(name, beta=4.0, gamma=3.0):
+    """``(alpha, beta, gamma, delta)`` of a table-1 objective: ``"vae"``, ``"beta-vae"``, ``"beta-tcvae"``,
+    ``"beta-svae"`` (beta-VAE objective, structured prior) or ``"hfvae"``."""
+    if name not in PRESETS:
+        raise ValueError(f"unknown preset {name!r}; known: {sorted(PRESETS)}")
+    return tuple(float(v) for v in PRESETS[name]["weights"](float(beta), float(gamma)))
+
+
+def stratified_log_weights(rows, batch_size, dataset_size, dtype=torch.float32, device=None):
+    """Log weights of eq. 13 for the rows ``rows`` (LongTensor of batch positions ``b``): ``(len(rows), B)``
+    with ``log(1/N)`` at ``b' = b`` and ``log((N-1) / (N (B-1)))`` elsewhere (``B = 1``: eq. 13 is undefined and only the deterministic stratum ``q(z|x)/N`` is kept)."""
+    B, N = int(batch_size), float(dataset_size)
+    if N < B:
+        raise InputError(f"dataset_size N={dataset_size} is smaller than the batch size B={B}: the stratified "
+                         "estimator of q(z) needs N >= B (pass the size of the training set)")
+    off = math.log(N - 1) - math.log(N) - math.log(B - 1) if (B > 1 and N > 1) else -math.inf
+    w = torch.full((len(rows), B), off, dtype=dtype, device=device)
+    w[torch.arange(len(rows), device=device), rows] = -math.log(N)
+    return w
+
+
+@dataclass
+class _Group:
+    """One latent site in the observation plate: its sub-variable distributions and values."""
+
+    name: str
+    q: object          # distribution giving per-sub-variable log densities (base of an Independent, or the site)
+    p: object          # prior counterpart
+    q_site: object     # the guide site's whole distribution
+    p_site: object     # the model site's whole distribution
+    value: torch.Tensor
+    num_sub: int       # number of sub-variables E_d
+
+
+def _pairwise_log_prob(fn, value_rows, num_sub):
+    """``log fn_{b'}(value_b)`` for rows ``b`` of ``value_rows`` against all ``B`` batch members ``b'``:
+    ``(c, B, num_sub)``."""
+    lp = fn.log_prob(value_rows.unsqueeze(1))
+    return lp.reshape(lp.shape[0], lp.shape[1], num_sub)
+
+
+def log_batch_marginals(groups: List[_Group], dataset_size, max_chunk_elements=2 ** 22, chunk_rows=None,
+                        use_checkpoint=None):
+    r"""Batch estimates (eq. 13) of :math:`\log q(z^{(b)})`, :math:`\log q(z_d^{(b)})` and
+    :math:`\log q(z_{d,e}^{(b)})` for every batch member ``b``.
+
+    :param groups: the latent groups (see :class:`_Group`; built by :meth:`HFVAE_ELBO.latent_groups`).
+    :param dataset_size: ``N``.
+    :param int max_chunk_elements: bound on ``rows x B x E`` of one chunk of the ``B x B`` table.
+    :param int chunk_rows: explicit rows per chunk (overrides ``max_chunk_elements``).
+    :param bool use_checkpoint: recompute chunks in the backward pass; default: when gradients are enabled and
+        there is more than one chunk.
+    :returns: ``(joint (B,), groups (B, D), subvariables (B, E))``.
+    """
+    value0 = groups[0].value
+    B = value0.shape[0]
+    E = sum(g.num_sub for g in groups)
+    D = len(groups)
+    if chunk_rows is None:
+        chunk_rows = max(1, int(max_chunk_elements) // max(1, B * E))
+    chunk_rows = min(int(chunk_rows), B)
+    n_chunks = -(-B // chunk_rows)
+    if use_checkpoint is None:
+        use_checkpoint = torch.is_grad_enabled() and n_chunks > 1
+    sizes = [g.num_sub for g in groups]
+
+    def chunk(start, stop):
+        rows = torch.arange(start, stop, device=value0.device)
+        log_w = stratified_log_weights(rows, B, dataset_size, value0.dtype, value0.device)  # (c, B)
+        parts = [_pairwise_log_prob(g.q, g.value[start:stop], g.num_sub) for g in groups]  # (c, B, E_d)
+        sub = torch.cat(parts, -1)
+        grp = torch.stack([p.sum(-1) for p in parts], -1)  # (c, B, D)
+        joint = grp.sum(-1)  # (c, B)
+        out_sub = torch.logsumexp(sub + log_w.unsqueeze(-1), 1)
+        out_grp = torch.logsumexp(grp + log_w.unsqueeze(-1), 1)
+        out_joint = torch.logsumexp(joint + log_w, 1)
+        return torch.cat([out_joint.unsqueeze(-1), out_grp, out_sub], -1)
+
+    outs = []
+    for start in range(0, B, chunk_rows):
+        stop = min(B, start + chunk_rows)
+        if use_checkpoint:
+            outs.append(checkpoint(chunk, start, stop, use_reentrant=False))
+        else:
+            outs.append(chunk(start, stop))
+    out = torch.cat(outs, 0)
+    assert out.shape == (B, 1 + D + sum(sizes))
+    return out[:, 0], out[:, 1:1 + D], out[:, 1 + D:]
+
+
+def _unwrap(fn):
+    """``(base, reinterpreted_ndims)`` of nested ``Independent`` wrappers."""
+    k = 0
+    while isinstance(fn, Independent):
+        k += fn.reinterpreted_batch_ndims
+        fn = fn.base_dist
+    return fn, k
+
+
+class HFVAE_ELBO(Trace_ELBO):
+    r"""The HFVAE objective (eq. 9, our reading: see the module docstring) for any Pyro model/guide whose
+    reparameterised latent sites live in one observation plate.
+
+    :param float alpha: weight of the mutual information :math:`I(x;z)` (term ②).
+    :param float beta: weight of the total correlation between groups (term Ⓐ).
+    :param float gamma: weight of the total correlation within groups (term ⓘ).
+    :param float delta: weight of the dimension-wise KLs (1 in the paper's HFVAE; ``beta`` for the beta-VAE).
+    :param int dataset_size: ``N`` of eq. 13 (default: the guide sites' ``infer["dataset_size"]``, else the
+        plate size).
+    :param str plate_name: the observation plate (default: the one plate all latent sites share).
+    :param int max_chunk_elements: memory bound of one chunk of the ``B x B`` density table.
+    :param int chunk_rows: explicit chunk rows (overrides ``max_chunk_elements``).
+    :param int num_particles: particles, drawn sequentially (each gets its own batch estimate).
+
+    ``loss``/``loss_and_grads``/``differentiable_loss`` return minus the weighted objective summed over the
+    batch (as ``Trace_ELBO`` does, scaled by the sites' ``poutine.scale``/subsampling); :meth:`decomposition`
+    returns the terms per observation.
+    """
+
+    def __init__(self, alpha=1.0, beta=1.0, gamma=1.0, delta=1.0, dataset_size=None, plate_name=None,
+                 max_chunk_elements=2 ** 22, chunk_rows=None, num_particles=1, max_plate_nesting=float("inf"),
+                 retain_graph=None):
+        super().__init__(num_particles=num_particles, max_plate_nesting=max_plate_nesting,
+                         vectorize_particles=False, retain_graph=retain_graph)
+        for name, v in [("alpha", alpha), ("beta", beta), ("gamma", gamma), ("delta", delta)]:
+            if not (isinstance(v, (int, float)) and math.isfinite(v)):
+                raise ValueError(f"{name} must be a finite number, got {v!r}")
+        self.alpha, self.beta, self.gamma, self.delta = float(alpha), float(beta), float(gamma), float(delta)
+        self.dataset_size = dataset_size
+        self.plate_name = plate_name
+        self.max_chunk_elements = max_chunk_elements
+        self.chunk_rows = chunk_rows
+
+    @classmethod
+    def from_preset(cls, name, beta=4.0, gamma=3.0, **kw):
+        """The objective of a table-1 preset (see :func:`preset_weights`)."""
+        a, b, g, d = preset_weights(name, beta, gamma)
+        return cls(alpha=a, beta=b, gamma=g, delta=d, **kw)
+
+    # ------------------------------------------------------------------ structure
+    def _data_frame(self, site):
+        frames = [f for f in site["cond_indep_stack"] if f.vectorized]
+        if self.plate_name is not None:
+            frames = [f for f in frames if f.name == self.plate_name]
+            return frames[0] if frames else None
+        if len(frames) > 1:
+            raise InputError(f"latent site {site['name']!r} is in several plates {[f.name for f in frames]}: "
+                             "pass plate_name= to HFVAE_ELBO to say which one holds the observations")
+        return frames[0] if frames else None
+
+    def latent_groups(self, model_trace, guide_trace):
+        """Split the guide's latent sites into groups of the observation plate and global sites.
+
+        :returns: ``(groups, global_names, dataset_size, scale)``.
+        """
+        groups, global_names, sizes, scales, frame_name = [], [], [], [], None
+        for name, site in guide_trace.nodes.items():
+            if site["type"] != "sample" or site["is_observed"]:
+                continue
+            frame = self._data_frame(site)
+            if frame is None:
+                global_names.append(name)
+                continue
+            if frame_name is not None and frame.name != frame_name:
+                raise InputError(f"latent sites live in different plates ({frame_name!r}, {frame.name!r}); pass "
+                                 "plate_name= to HFVAE_ELBO")
+            frame_name = frame.name
+            q_site, p_site = site["fn"], model_trace.nodes[name]["fn"]
+            if not q_site.has_rsample:
+                raise NotImplementedError(f"HFVAE_ELBO needs reparameterised guide sites; {name!r} is "
+                                          f"{type(q_site).__name__} without rsample")
+            if len(q_site.batch_shape) != 1:
+                raise InputError(f"latent site {name!r} must have batch_shape (B,) (one plate over the "
+                                 f"observations, the rest in the event), got {tuple(q_site.batch_shape)}")
+            value = site["value"]
+            B = q_site.batch_shape[0]
+            q_base, kq = _unwrap(q_site)
+            p_base, kp = _unwrap(p_site)
+            if kq > 0 and kq == kp and tuple(q_base.batch_shape) == tuple(p_base.batch_shape[-len(q_base.batch_shape):]):
+                num_sub = math.prod(q_base.batch_shape[1:])
+                q_fn, p_fn = q_base, p_base
+            else:  # the whole site is one sub-variable
+                num_sub, q_fn, p_fn = 1, q_site, p_site
+            groups.append(_Group(name, q_fn, p_fn, q_site, p_site, value, num_sub))
+            N = self.dataset_size or site["infer"].get("dataset_size") or frame.size
+            sizes.append(int(N))
+            scales.append(site["scale"])
+            if B != groups[0].value.shape[0]:
+                raise InputError("latent sites of the observation plate have different batch sizes")
+        if groups and len(set(sizes)) > 1:
+            raise InputError(f"latent sites disagree on dataset_size: {sizes}")
+        scale = scales[0] if scales else 1.0
+        for s in scales[1:]:
+            if not (s is scale or (torch.is_tensor(s) and torch.is_tensor(scale) and torch.equal(s, scale))
+                    or (not torch.is_tensor(s) and not torch.is_tensor(scale) and s == scale)):
+                raise InputError("latent sites of the observation plate must share one poutine.scale: the HFVAE "
+                                 "terms mix the groups (weight the terms with alpha/beta/gamma instead)")
+        return groups, global_names, (sizes[0] if sizes else None), scale
+
+    # ------------------------------------------------------------------ terms
+    def _terms(self, model_trace, guide_trace):
+        """Per-observation terms ``(B,)`` plus the summed reconstruction and global-latent terms."""
+        groups, global_names, N, scale = self.latent_groups(model_trace, guide_trace)
+        recon = 0.0
+        for name, site in model_trace.nodes.items():
+            if site["type"] == "sample" and site["is_observed"]:
+                recon = recon + site["log_prob_sum"]
+        glob = 0.0
+        for name in global_names:
+            glob = glob + model_trace.nodes[name]["log_prob_sum"] - guide_trace.nodes[name]["log_prob_sum"]
+        t = {"recon": recon, "global": glob, "scale": scale}
+        if not groups:
+            return t
+        lq_sub = torch.cat([g.q.log_prob(g.value).reshape(g.value.shape[0], g.num_sub) for g in groups], -1)
+        lp_sub = torch.cat([g.p.log_prob(g.value).reshape(g.value.shape[0], g.num_sub) for g in groups], -1)
+        lp_grp = torch.stack([g.p_site.log_prob(g.value) for g in groups], -1)  # (B, D)
+        idx = torch.cat([torch.full((g.num_sub,), d, dtype=torch.long) for d, g in enumerate(groups)])
+        idx = idx.to(lq_sub.device)
+
+        def per_group(sub):  # (B, E) -> (B, D)
+            return torch.zeros(sub.shape[0], len(groups), dtype=sub.dtype, device=sub.device).index_add(1, idx, sub)
+
+        lqh, lqh_grp, lqh_sub = log_batch_marginals(groups, N, self.max_chunk_elements, self.chunk_rows)
+        lq = lq_sub.sum(-1)
+        t.update(
+            mutual_information=lq - lqh,
+            tc_between=lqh - lqh_grp.sum(-1),          # prior part of (A) is 0: sites are independent a priori
+            tc_within=(lqh_grp - per_group(lqh_sub)).sum(-1) - (lp_grp - per_group(lp_sub)).sum(-1),
+            dimension_kl=(lqh_sub - lp_sub).sum(-1),
+            kl=lq - lp_grp.sum(-1),                    # the ordinary log q(z|x) - log p(z)
+        )
+        return t
+
+    def _objective(self, t):
+        """Weighted objective (to maximise) and the plain ELBO estimate, both summed over the batch."""
+        obj = t["recon"] + t["global"]
+        elbo = obj
+        if "kl" in t:
+            lat = -(self.alpha * t["mutual_information"] + self.beta * t["tc_between"]
+                    + self.gamma * t["tc_within"] + self.delta * t["dimension_kl"])
+            obj = obj + (t["scale"] * lat).sum()
+            elbo = elbo - (t["scale"] * t["kl"]).sum()
+        return obj, elbo
+
+    # ------------------------------------------------------------------ Pyro ELBO interface
+    def differentiable_loss(self, model, guide, *args, **kwargs):
+        loss = 0.0
+        for model_trace, guide_trace in self._get_traces(model, guide, args, kwargs):
+            obj, _ = self._objective(self._terms(model_trace, guide_trace))
+            loss = loss - obj / self.num_particles
+        warn_if_nan(loss, "loss")
+        return loss
+
+    def loss(self, model, guide, *args, **kwargs):
+        with torch.no_grad():
+            loss = self.differentiable_loss(model, guide, *args, **kwargs)
+        return float(loss)
+
+    def loss_and_grads(self, model, guide, *args, **kwargs):
+        loss = 0.0
+        for model_trace, guide_trace in self._get_traces(model, guide, args, kwargs):
+            obj, _ = self._objective(self._terms(model_trace, guide_trace))
+            surrogate = -obj / self.num_particles
+            loss += float(surrogate.detach())
+            trainable = any(site["type"] == "param" for tr in (model_trace, guide_trace)
+                            for site in tr.nodes.values())
+            if trainable and getattr(surrogate, "requires_grad", False):
+                surrogate.backward(retain_graph=self.retain_graph)
+        warn_if_nan(loss, "loss")
+        return loss
+
+    @torch.no_grad()
+    def decomposition(self, model, guide, *args, **kwargs):
+        """The terms of the decomposition, averaged over particles and *per observation* of the batch:
+        ``log_likelihood``, ``mutual_information`` (-②), ``tc_between`` (-Ⓐ), ``tc_within`` (-(ⓘ-ⓘⓘ)),
+        ``dimension_kl``, ``kl`` (their sum, the ordinary KL), ``elbo`` (plain ELBO) and ``objective``
+        (weighted), plus ``batch_size`` and ``dataset_size``."""
+        acc = {}
+        for model_trace, guide_trace in self._get_traces(model, guide, args, kwargs):
+            t = self._terms(model_trace, guide_trace)
+            groups, _, N, _ = self.latent_groups(model_trace, guide_trace)
+            B = groups[0].value.shape[0] if groups else 1
+            obj, elbo = self._objective(t)
+            row = {"log_likelihood": float(t["recon"]) / B, "objective": float(obj) / B, "elbo": float(elbo) / B}
+            for k in ("mutual_information", "tc_between", "tc_within", "dimension_kl", "kl"):
+                if k in t:
+                    row[k] = float(t[k].mean())
+            for k, v in row.items():
+                acc[k] = acc.get(k, 0.0) + v / self.num_particles
+            acc["batch_size"], acc["dataset_size"] = B, N
+        return acc
