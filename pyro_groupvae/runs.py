@@ -169,9 +169,14 @@ def evaluate_run(run_dir, device="cpu", **opts):
         lines += [f"Final training ELBO per observation: {_fmt(last['train_elbo'])} "
                   f"(validation: {_fmt(last.get('val_elbo', float('nan')))}).", ""]
     lines += ["## Metrics", "", "| metric | value |", "|---|---|"]
-    lines += [f"| {k} | {_fmt(v)} |" for k, v in flatten_metrics(metrics)]
+    lines += [f"| {k} | {_fmt(v)} |" for k, v in flatten_metrics(metrics) if ".curves." not in f".{k}."]
     lines.append("")
+    prev = ""
     for sec in sections:
-        lines += [sec, ""]
+        # recipes return lines: consecutive table rows stay together, anything else gets a blank line before it
+        if not (sec.startswith("|") and prev.startswith("|")) and lines[-1] != "":
+            lines.append("")
+        lines.append(sec)
+        prev = sec
     (run_dir / "report.md").write_text("\n".join(lines))
     return metrics

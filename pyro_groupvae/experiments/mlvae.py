@@ -29,6 +29,8 @@ def _add_mlvae_args(p):
     p.add_argument("--guide", choices=["amortized", "svi"], default="amortized")
     p.add_argument("--group-posterior", choices=["product", "mixture"], default="product")
     p.add_argument("--content-sample", choices=["group", "observation"], default="group")
+    p.add_argument("--style-beta", type=float, default=1.0,
+                   help="weight of the style KL (1 = the paper's ELBO; >1 pushes group information to the content)")
 
 
 def _add_vae_args(p):
@@ -62,7 +64,7 @@ def _build_mlvae(opts, train, val):
                   guide_type=opts.get("guide", "amortized"),
                   num_train_obs=len(train) if svi else None,
                   num_train_groups=int(train.y.max()) + 1 if svi else None,
-                  min_scale=opts.get("min_scale", 0.05))
+                  min_scale=opts.get("min_scale", 0.05), style_beta=opts.get("style_beta", 1.0))
     return {"model": model, "sampler": _sampler(opts, train),
             "val_sampler": None if (svi or val is None) else _sampler(opts, val, seed=1, shuffle=False)}
 

@@ -59,18 +59,22 @@ class MLVAE(GroupModel):
     :param int num_train_obs: number of training observations (``guide_type="svi"`` only).
     :param int num_train_groups: number of training groups (``guide_type="svi"`` only).
     :param float min_scale: floor on the standard deviation of the Normal likelihood.
+    :param float style_beta: weight of the style KL (``poutine.scale`` on the ``style`` site in model and guide).
+        1 is the paper's ELBO. Beyond the paper: a weight > 1 makes it costlier to put group information (the
+        class) into the per-image style than into the shared content, where it costs ``1/|G|`` per image.
     """
 
     name = "mlvae"
 
     def __init__(self, image_shape=(1, 28, 28), content_dim=10, style_dim=10, likelihood="normal",
                  architecture="mlp", hidden=500, group_posterior="product", content_sample="group",
-                 guide_type="amortized", num_train_obs=None, num_train_groups=None, min_scale=0.05):
+                 guide_type="amortized", num_train_obs=None, num_train_groups=None, min_scale=0.05, style_beta=1.0):
         image_shape = tuple(int(v) for v in image_shape)
         super().__init__(image_shape=image_shape, content_dim=content_dim, style_dim=style_dim,
                          likelihood=likelihood, architecture=architecture, hidden=hidden,
                          group_posterior=group_posterior, content_sample=content_sample, guide_type=guide_type,
-                         num_train_obs=num_train_obs, num_train_groups=num_train_groups, min_scale=min_scale)
+                         num_train_obs=num_train_obs, num_train_groups=num_train_groups, min_scale=min_scale,
+                         style_beta=style_beta)
         for arg, value, allowed in [("group_posterior", group_posterior, ("product", "mixture")),
                                     ("content_sample", content_sample, ("group", "observation")),
                                     ("guide_type", guide_type, ("amortized", "svi"))]:
@@ -79,6 +83,7 @@ class MLVAE(GroupModel):
         self.image_shape = image_shape
         self.content_dim, self.style_dim = content_dim, style_dim
         self.group_posterior, self.content_sample, self.guide_type = group_posterior, content_sample, guide_type
+        self.style_beta = float(style_beta)
         self.decoder = make_decoder(architecture, content_dim + style_dim, image_shape, hidden)
         self.likelihood = ImageLikelihood(image_shape, likelihood, min_scale)
         if guide_type == "amortized":
@@ -137,7 +142,8 @@ class MLVAE(GroupModel):
             if self.content_dim and self.content_sample == "observation":
                 with poutine.scale(scale=1.0 / group_sizes(group_index, num_groups)[group_index]):
                     content = pyro.sample("content", dist.Normal(zeros, 1.0).to_event(1))
-            style = pyro.sample("style", dist.Normal(x.new_zeros(self.style_dim), 1.0).to_event(1))
+            with poutine.scale(scale=self.style_beta):
+                style = pyro.sample("style", dist.Normal(x.new_zeros(self.style_dim), 1.0).to_event(1))
             latent = style if content is None else torch.cat([content.expand(style.shape[:-1] + content.shape[-1:]),
                                                                style], -1)
             out, log_var = self.decoder(latent)
@@ -182,7 +188,8 @@ class MLVAE(GroupModel):
             if self.content_dim and self.content_sample == "observation":
                 with poutine.scale(scale=1.0 / group_sizes(group_index, num_groups)[group_index]):
                     pyro.sample("content", self.content_posterior(c_loc, c_lv, group_index, num_groups, True))
-            pyro.sample("style", dist.Normal(s_loc, torch.exp(0.5 * s_lv)).to_event(1))
+            with poutine.scale(scale=self.style_beta):
+                pyro.sample("style", dist.Normal(s_loc, torch.exp(0.5 * s_lv)).to_event(1))
 
     def _svi_guide(self, obs_plate, group_plate, obs_index, group_id):
         def normal(params):
@@ -193,7 +200,7 @@ class MLVAE(GroupModel):
                 raise InputError("the SVI baseline supports content_sample='group' only")
             with group_plate:
                 pyro.sample("content", normal(self.local_content[group_id]))
-        with obs_plate:
+        with obs_plate, poutine.scale(scale=self.style_beta):
             pyro.sample("style", normal(self.local_style[obs_index]))
 
     # ------------------------------------------------------------------ batching
@@ -293,7 +300,7 @@ class MLVAE(GroupModel):
             if self.content_dim:
                 with pyro.plate("groups", num_groups, dim=-1):
                     pyro.sample("content", normal(content_p))
-            with pyro.plate("observations", n, dim=-1):
+            with pyro.plate("observations", n, dim=-1), poutine.scale(scale=self.style_beta):
                 pyro.sample("style", normal(style_p))
 
         frozen = [p for p in self.parameters() if p.requires_grad]

@@ -22,12 +22,15 @@ def _local_dim(model):
 
 
 @torch.no_grad()
-def sampling_grid_images(model, cluster=None, rows=7, cols=7, beta_range=1.0, z_range=3.0):
+def sampling_grid_images(model, cluster=None, rows=7, cols=7, beta_range=1.0, z_range=3.0, beta_center=None):
     """Fig. 3: rows move ``beta`` diagonally from ``-beta_range`` to ``+beta_range`` on every dimension;
     columns move ``z`` diagonally from ``mu_z^(d)(beta) - z_range`` to ``mu_z^(d)(beta) + z_range`` (cluster
     ``d = cluster``). For an ML-VAE (``cluster=None``) the local code moves around 0 (the paper's fig. 4 uses
     ``z_range=1``).
 
+    :param beta_center: optional vector added to every row's ``beta`` (default: the prior mean 0, as in the
+        paper); e.g. the average posterior mean of random batches when the aggregate posterior is far from
+        the prior.
     :returns: mean images ``(rows, cols, C, H, W)``.
     """
     p = next(model.parameters())
@@ -35,6 +38,8 @@ def sampling_grid_images(model, cluster=None, rows=7, cols=7, beta_range=1.0, z_
     t = torch.linspace(-beta_range, beta_range, rows, **kw)
     s = torch.linspace(-z_range, z_range, cols, **kw)
     beta = t[:, None, None] * torch.ones(rows, cols, _global_dim(model), **kw)
+    if beta_center is not None:
+        beta = beta + torch.as_tensor(beta_center, **kw)
     if cluster is not None and hasattr(model, "prior_components"):
         center = model.prior_components(beta[:, :1])[0][..., int(cluster), :]  # (rows, 1, local_dim)
     else:
@@ -55,9 +60,11 @@ def interpolation_images(model, beta1, beta2, z1, z2, steps=7):
     return model.decode(beta[:, None, :].expand(steps, steps, -1), z[None, :, :].expand(steps, steps, -1)).cpu()
 
 
-def plot_sampling_grid(model, path, cluster=None, rows=7, cols=7, beta_range=1.0, z_range=3.0, title=None):
-    images = sampling_grid_images(model, cluster, rows, cols, beta_range, z_range)
-    row_labels = [f"b={v:+.1f}" for v in torch.linspace(-beta_range, beta_range, rows).tolist()]
+def plot_sampling_grid(model, path, cluster=None, rows=7, cols=7, beta_range=1.0, z_range=3.0, title=None,
+                       beta_center=None):
+    images = sampling_grid_images(model, cluster, rows, cols, beta_range, z_range, beta_center)
+    pre = "b=" if beta_center is None else "b=c"
+    row_labels = [f"{pre}{v:+.1f}" for v in torch.linspace(-beta_range, beta_range, rows).tolist()]
     col_labels = [f"z{v:+.1f}" for v in torch.linspace(-z_range, z_range, cols).tolist()]
     return image_grid(images, path, title=title, row_labels=row_labels, col_labels=col_labels, cell_inches=0.6)
 

@@ -1,0 +1,69 @@
+r"""The Concrete (Gumbel-softmax) distribution in log space, for the discrete block of the HFVAE.
+
+:class:`ExpConcrete` is the ExpConcrete of Maddison et al. (2017): ``y = log_softmax((logits + g) / tau)`` with
+``g`` i.i.d. Gumbel, so that ``exp(y)`` is a Concrete / relaxed one-hot sample on the simplex. The HFVAE paper
+(appendix B) uses a Concrete variable for the discrete latent; we put the sample site on the *log* simplex
+because
+
+* the density of ``y`` is finite for every sample, whereas the density of ``exp(y)`` needs ``log(exp(y))`` which
+  underflows to ``-inf`` in float32 when a class probability is tiny (the posterior is often confident);
+* every term of the HFVAE objective is a difference of log densities of the same sample (``log q(z|x)``,
+  ``log q(z)``, ``log p(z)``), so the Jacobian of ``exp`` cancels: KL, mutual information and total correlations
+  are identical for ``y`` and ``exp(y)``.
+
+It is the torch ``ExpRelaxedCategorical`` made a Pyro distribution (``expand`` keeps the class, so ``pyro.plate``
+works; ``rsample`` is reparameterised). No KL is registered: the HFVAE objective never uses an analytic KL
+(it estimates the marginals by sampling), and no closed form exists for two Concrete distributions.
+"""
+from __future__ import annotations
+
+import torch
+from pyro.distributions.torch_distribution import TorchDistributionMixin
+from torch.distributions import constraints
+from torch.distributions.relaxed_categorical import ExpRelaxedCategorical
+
+__all__ = ["ExpConcrete"]
+
+
+class ExpConcrete(ExpRelaxedCategorical, TorchDistributionMixin):
+    r"""Log of a Concrete (relaxed one-hot categorical) variable.
+
+    :param temperature: relaxation temperature :math:`\tau > 0` (a float or tensor broadcastable to the batch).
+    :param probs: class probabilities ``(..., K)`` (or ``logits``).
+    :param logits: unnormalised log-probabilities ``(..., K)``.
+
+    ``batch_shape`` is ``logits.shape[:-1]``, ``event_shape`` is ``(K,)``; values are real vectors whose
+    ``logsumexp`` is 0. ``exp(value)`` lies in the open simplex.
+    """
+
+    arg_constraints = {"probs": constraints.simplex, "logits": constraints.real_vector}
+    support = constraints.real_vector
+    has_rsample = True
+
+    def __init__(self, temperature, probs=None, logits=None, validate_args=None):
+        if not torch.is_tensor(temperature):
+            ref = logits if logits is not None else probs
+            temperature = torch.as_tensor(float(temperature), dtype=ref.dtype, device=ref.device)
+        if bool((temperature <= 0).any()):
+            raise ValueError(f"temperature must be positive, got {temperature}")
+        super().__init__(temperature, probs=probs, logits=logits, validate_args=validate_args)
+
+    def expand(self, batch_shape, _instance=None):
+        new = self._get_checked_instance(ExpConcrete, _instance)
+        return super().expand(batch_shape, _instance=new)
+
+    def rsample(self, sample_shape=torch.Size()):
+        return super().rsample(sample_shape)
+
+    def log_prob(self, value):
+        """Density of the log-simplex value (Maddison et al. 2017, eq. B.5); broadcasts ``value`` against the
+        batch shape (``value`` may carry extra leading dimensions)."""
+        return super().log_prob(value)
+
+    @property
+    def mean(self):
+        raise NotImplementedError("ExpConcrete has no closed-form mean")
+
+    @property
+    def variance(self):
+        raise NotImplementedError("ExpConcrete has no closed-form variance")

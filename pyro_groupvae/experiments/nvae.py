@@ -1,0 +1,272 @@
+"""N-VAE and CVAE recipes: training options, the paper's evaluation (KL detector, traversals, accuracy,
+augmentation) and figures.
+
+``pyro-groupvae train nvae --epochs 30 --out runs/nvae`` then ``pyro-groupvae evaluate runs/nvae
+[--baseline runs/cvae]`` (the baseline, a ``train cvae`` run, enters the augmentation comparison).
+"""
+from __future__ import annotations
+
+import torch
+
+from ..data import RandomBatchSampler
+from ..runs import Recipe, load_data, register_recipe
+
+
+def _add_shared(p):
+    p.add_argument("--likelihood", choices=["normal", "bernoulli"], default="normal")
+    p.add_argument("--architecture", choices=["mlp", "cnn", "conv"], default=None,
+                   help="mlp (paper-style MLPs), cnn (small CNN encoder + MLP decoder) or conv (64x64); "
+                        "default: cnn for digit-sized images, conv for 64x64")
+    p.add_argument("--hidden", type=int, default=500)
+    p.add_argument("--batch-size", type=int, default=100)
+
+
+def _add_nvae_args(p):
+    _add_shared(p)
+    p.add_argument("--class-dim", type=int, default=2, help="dimensions of each class block z_ci")
+    p.add_argument("--shared-dim", type=int, default=10, help="dimensions of the shared latent z_s")
+    p.add_argument("--alpha-p", type=float, default=0.1, help="symmetric Dirichlet prior concentration")
+    p.add_argument("--alpha-q", type=float, default=None,
+                   help="total concentration of q(pi|x) (default L*alpha_p + 1)")
+    p.add_argument("--beta-c", type=float, default=2.0, help="weight of the z_c KL (eq. 7)")
+    p.add_argument("--no-bias", action="store_true", help="drop the one-hot bias column of z_cy (fig. 10)")
+    p.add_argument("--class-objective", choices=["kl", "surrogate"], default="kl",
+                   help="kl: Dirichlet KL of eq. 3; surrogate: log q(y|x) of eq. 6")
+    p.add_argument("--class-weight", type=float, default=1.0,
+                   help="weight of the class term (beyond the paper; 1 = the paper's objective)")
+    p.add_argument("--labelled-fraction", type=float, default=1.0,
+                   help="fraction of training labels kept (stratified); < 1 trains semi-supervised")
+    p.add_argument("--labelled-seed", type=int, default=0)
+
+
+def _add_cvae_args(p):
+    _add_shared(p)
+    p.add_argument("--latent-dim", type=int, default=12, help="latent size (N-VAE's class_dim + shared_dim)")
+
+
+def _architecture(opts, data):
+    return opts.get("architecture") or ("conv" if data.image_shape[-1] == 64 else "cnn")
+
+
+def labelled_mask(y, fraction, seed=0):
+    """Stratified bool mask keeping ``fraction`` of each class's labels (at least one per class)."""
+    if not 0 < fraction <= 1:
+        raise ValueError(f"labelled fraction must be in (0, 1], got {fraction}")
+    g = torch.Generator().manual_seed(seed)
+    mask = torch.zeros(len(y), dtype=torch.bool)
+    for c in torch.unique(y):
+        rows = torch.nonzero(y == c).flatten()
+        k = max(1, int(round(fraction * len(rows))))
+        mask[rows[torch.randperm(len(rows), generator=g)[:k]]] = True
+    return mask
+
+
+def _samplers(opts, train, val):
+    bs = opts.get("batch_size", 100)
+    sampler = RandomBatchSampler(len(train), bs, shuffle=True, drop_last=False, seed=0)
+    val_sampler = None if val is None else RandomBatchSampler(len(val), bs, shuffle=False, drop_last=False)
+    return sampler, val_sampler
+
+
+def _num_classes(train):
+    return int(train.y.max()) + 1
+
+
+def _build_nvae(opts, train, val):
+    from ..models.nvae import NVAE
+
+    frac = opts.get("labelled_fraction", 1.0)
+    semi = frac < 1.0
+    if semi:
+        # the mask travels with the dataset; NVAE.batch_inputs passes it as `labelled`
+        train.extras["labelled"] = labelled_mask(train.y, frac, opts.get("labelled_seed", 0))
+        if val is not None:
+            val.extras["labelled"] = torch.ones(len(val), dtype=torch.bool)
+    model = NVAE(image_shape=train.image_shape, num_classes=_num_classes(train), class_dim=opts.get("class_dim", 2),
+                 shared_dim=opts.get("shared_dim", 10), alpha_p=opts.get("alpha_p", 0.1),
+                 alpha_q=opts.get("alpha_q"), beta_c=opts.get("beta_c", 2.0), bias=not opts.get("no_bias", False),
+                 class_objective=opts.get("class_objective", "kl"), semi_supervised=semi,
+                 class_weight=opts.get("class_weight", 1.0), likelihood=opts.get("likelihood", "normal"),
+                 architecture=_architecture(opts, train), hidden=opts.get("hidden", 500))
+    sampler, val_sampler = _samplers(opts, train, val)
+    return {"model": model, "sampler": sampler, "val_sampler": val_sampler}
+
+
+def _build_cvae(opts, train, val):
+    from ..models.nvae import CVAE
+
+    model = CVAE(image_shape=train.image_shape, num_classes=_num_classes(train),
+                 latent_dim=opts.get("latent_dim", 12), likelihood=opts.get("likelihood", "normal"),
+                 architecture=_architecture(opts, train), hidden=opts.get("hidden", 500))
+    sampler, val_sampler = _samplers(opts, train, val)
+    return {"model": model, "sampler": sampler, "val_sampler": val_sampler}
+
+
+# ---------------------------------------------------------------------------------------------------- evaluation
+def _traversal_values(quick):
+    return torch.linspace(-3, 3, 5 if quick else 7)
+
+
+@torch.no_grad()
+def class_traversals(model, values):
+    """Images ``(L * class_dim, len(values), C, H, W)``: row (class y, dim d) moves ``z_cy[d]``, all else 0."""
+    L, Dc, Ds = model.num_classes, model.class_dim, model.shared_dim
+    rows = []
+    for c in range(L):
+        for d in range(Dc):
+            zc = torch.zeros(len(values), Dc)
+            zc[:, d] = values
+            y = torch.full((len(values),), c, dtype=torch.long)
+            rows.append(model.decode(y.to(model.device), zc.to(model.device),
+                                     torch.zeros(len(values), Ds, device=model.device)).cpu())
+    return torch.stack(rows)
+
+
+@torch.no_grad()
+def shared_traversals(model, dim, values):
+    """Images ``(L, len(values), C, H, W)``: row = class, columns move ``z_s[dim]``; ``z_c = 0``."""
+    L, Dc, Ds = model.num_classes, model.class_dim, model.shared_dim
+    rows = []
+    for c in range(L):
+        zs = torch.zeros(len(values), Ds)
+        zs[:, dim] = values
+        y = torch.full((len(values),), c, dtype=torch.long)
+        rows.append(model.decode(y.to(model.device), torch.zeros(len(values), Dc, device=model.device),
+                                 zs.to(model.device)).cpu())
+    return torch.stack(rows)
+
+
+@torch.no_grad()
+def class_samples(model, sigma=1.4, per_class=8, seed=0):
+    """Class-conditional samples ``(L, per_class, C, H, W)`` with latents ``N(0, sigma^2 I)`` (paper fig. 11)."""
+    g = torch.Generator().manual_seed(seed)
+    y = torch.arange(model.num_classes).repeat_interleave(per_class)
+    return model.generate(y, sigma, generator=g).cpu().reshape((model.num_classes, per_class)
+                                                              + tuple(model.image_shape))
+
+
+def _evaluate_cvae(model, config, run_dir, opts):
+    from ..plots.grids import image_grid
+
+    fig = run_dir / "figures"
+    sections = []
+    for sigma in (1.0, 2.0):
+        name = f"samples_sigma{sigma:g}.png"
+        image_grid(class_samples(model, sigma, 6 if opts.get("quick") else 8, opts.get("seed", 0)), fig / name,
+                   f"CVAE samples, sigma={sigma:g}", row_labels=list(range(model.num_classes)))
+        sections.append(f"![CVAE samples sigma {sigma:g}](figures/{name})")
+    return {"latent_dim": model.latent_dim}, ["## CVAE samples", ""] + sections
+
+
+def _evaluate_nvae(model, config, run_dir, opts):
+    from ..evaluation.nvae import (augmentation_experiment, augmentation_table, classification_accuracy,
+                                   kl_per_dimension, sigma_trend)
+    from ..plots.grids import bar_plot, image_grid, line_plot
+    from ..runs import load_run
+
+    quick = bool(opts.get("quick"))
+    seed = opts.get("seed", 0)
+    fig = run_dir / "figures"
+    run_opts = config.get("options", {})
+    test = load_data(config.get("dataset", "mnist"), "test", run_opts)
+    if quick:
+        test = test.subset(torch.arange(min(200, len(test))))
+    metrics, sections = {}, []
+    L, Dc, Ds = model.num_classes, model.class_dim, model.shared_dim
+
+    # ---- accuracy of q(y|x)
+    metrics["test_accuracy"] = classification_accuracy(model, test.x, test.y)
+    frac = run_opts.get("labelled_fraction", 1.0)
+    metrics["labelled_fraction"] = frac
+    sections += ["## Classification by q(y|x)", "",
+                 f"Test accuracy {metrics['test_accuracy']:.4f} on {len(test)} test images "
+                 f"(labelled fraction in training: {frac:g}).", ""]
+
+    # ---- KL detector (figs. 5 and 10)
+    kl = kl_per_dimension(model, test.x, test.y)
+    metrics["kl"] = {"mean_z_s": kl["mean_z_s"], "mean_z_cy": kl["mean_z_cy"],
+                     "mean_z_c_other": kl["mean_z_c_other"]}
+    values = torch.cat([kl["z_s"], kl["z_cy"], kl["z_c_other"]])
+    groups = [0] * Ds + [1] * Dc + [2] * Dc
+    bar_plot(values.numpy(), fig / "kl_per_dimension.png", f"dimension: z_s (0-{Ds - 1}), z_cy, other z_c blocks",
+             "mean KL (nats)", "KL per latent dimension (fig. 5)", groups=groups)
+    block = kl["block_by_class"]
+    bar_plot(block.flatten().nan_to_num(0).numpy(), fig / "kl_block_by_class.png",
+             "true class (groups of L bars) x class block", "mean KL of block (nats)",
+             "KL of each z_c block per true class (fig. 10)", groups=[i % L for i in range(L * L)])
+    diag = float(torch.diagonal(block).nanmean())
+    off = float(block[~torch.eye(L, dtype=torch.bool)].nanmean())
+    metrics["kl"]["block_true_class"], metrics["kl"]["block_other_classes"] = diag, off
+    sections += ["## KL detector", "",
+                 f"Mean KL per dimension: z_s {kl['mean_z_s']:.3f}, true-class block z_cy {kl['mean_z_cy']:.3f}, "
+                 f"other z_c blocks {kl['mean_z_c_other']:.3f} nats. Summed over a block: true class {diag:.3f}, "
+                 f"other blocks {off:.3f} nats.", "",
+                 "![KL per dimension](figures/kl_per_dimension.png)", "",
+                 "![KL per block and class](figures/kl_block_by_class.png)", ""]
+
+    # ---- traversals (figs. 1, 2) and samples (fig. 11)
+    vals = _traversal_values(quick)
+    col_labels = [f"{v:.1f}" for v in vals.tolist()]
+    image_grid(class_traversals(model, vals), fig / "traversal_class.png", "z_cy traversals (row: class.dim)",
+               row_labels=[f"{c}.{d}" for c in range(L) for d in range(Dc)], col_labels=col_labels)
+    sections += ["## Traversals", "", "![class traversals](figures/traversal_class.png)", ""]
+    if Ds:
+        top = torch.argsort(kl["z_s"], descending=True)[: (1 if quick else 3)].tolist()
+        for d in top:
+            image_grid(shared_traversals(model, d, vals), fig / f"traversal_shared_{d}.png",
+                       f"z_s[{d}] traversal (KL {float(kl['z_s'][d]):.2f})", row_labels=list(range(L)),
+                       col_labels=col_labels)
+            sections += [f"![z_s {d}](figures/traversal_shared_{d}.png)", ""]
+    image_grid(class_samples(model, 1.4, 6 if quick else 8, seed), fig / "samples_sigma1.4.png",
+               "N-VAE samples, sigma=1.4", row_labels=list(range(L)))
+    sections += ["![samples](figures/samples_sigma1.4.png)", ""]
+
+    # ---- augmentation (fig. 9)
+    generators = {"N-VAE": model}
+    if opts.get("baseline"):
+        generators["CVAE"] = load_run(opts["baseline"], device=model.device)
+    train = load_data(config.get("dataset", "mnist"), "train", run_opts)
+    probs, sigmas = ((0.4,), (1.0, 2.0)) if quick else ((0.4, 1.0), (1.0, 1.4, 2.0))
+    seeds = (seed,) if quick else (seed, seed + 1, seed + 2)
+    if quick:
+        train = train.subset(torch.arange(min(500, len(train))))
+    aug = augmentation_experiment(generators, train, test, probs, sigmas, seeds, epochs=1 if quick else 5,
+                                  progress=not quick)
+    metrics["augmentation"] = {"baseline": {"mean": aug["baseline"]["mean"], "std": aug["baseline"]["std"]}}
+    for r in aug["settings"]:
+        metrics["augmentation"][f"{r['model']}_p{r['p']:g}_sigma{r['sigma']:g}"] = {"mean": r["mean"],
+                                                                                     "std": r["std"]}
+    trend_lines = []
+    for p in probs:
+        curves, errors = {}, {}
+        for name in generators:
+            rows = sorted((r["sigma"], r["mean"], r["std"]) for r in aug["settings"]
+                          if r["model"] == name and r["p"] == p)
+            curves[name] = ([s for s, _, _ in rows], [100 * m for _, m, _ in rows])
+            errors[name] = [100 * s for _, _, s in rows]
+            slope = sigma_trend(aug, name, p)
+            metrics["augmentation"][f"{name}_p{p:g}_slope_per_sigma"] = slope
+            trend_lines.append(f"- {name}, p={p:g}: error slope {100 * slope:+.2f} points per unit sigma")
+        line_plot(curves, fig / f"augmentation_p{p:g}.png", "latent sigma", "test error (%)",
+                  f"augmentation, replacement probability {p:g} (fig. 9)", errors=errors,
+                  hlines={"no augmentation": 100 * aug["baseline"]["mean"]})
+    sections += ["## Augmentation (fig. 9)", "",
+                 f"{len(seeds)} seed(s), {aug['epochs']} classifier epoch(s), {len(train)} training images.", "",
+                 augmentation_table(aug), ""] + trend_lines + [""]
+    sections += [f"![augmentation p={p:g}](figures/augmentation_p{p:g}.png)" for p in probs]
+    metrics["augmentation_raw"] = aug
+    return metrics, sections
+
+
+def evaluate(model, config, run_dir, opts):
+    from ..models.nvae import CVAE
+
+    if isinstance(model, CVAE):
+        return _evaluate_cvae(model, config, run_dir, opts)
+    return _evaluate_nvae(model, config, run_dir, opts)
+
+
+register_recipe(Recipe("nvae", _add_nvae_args, _build_nvae, evaluate, "mnist",
+                       "N-VAE: class-conditioned latents with a Dirichlet class prior (Antoran & Miguel 2019)"))
+register_recipe(Recipe("cvae", _add_cvae_args, _build_cvae, evaluate, "mnist",
+                       "CVAE baseline for the N-VAE augmentation experiment"))
