@@ -11,7 +11,6 @@ import argparse
 import time
 
 import pyro
-import pyro.distributions as dist
 import torch
 
 from pyro_groupvae.data import GroupBatchSampler, load_dataset

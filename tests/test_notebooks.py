@@ -1,5 +1,4 @@
 """Every notebook in notebooks/ runs top to bottom in smoke size (PYRO_GROUPVAE_SMOKE=1)."""
-import os
 from pathlib import Path
 
 import pytest

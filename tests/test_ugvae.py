@@ -255,7 +255,7 @@ def test_predictive_and_prior_samples():
 
 # ------------------------------------------------------------------------------------------ data & evaluation
 def test_domain_mixed_sampler_is_balanced_and_resumable():
-    from pyro_groupvae.experiments.ugvae import DomainMixedBatchSampler
+    from pyro_groupvae.data import DomainMixedBatchSampler
 
     domain = torch.cat([torch.zeros(50, dtype=torch.long), torch.ones(13, dtype=torch.long)])
     s = DomainMixedBatchSampler(domain, batch_size=8, batches_per_step=2, seed=3)

@@ -24,6 +24,7 @@ from .mnist import (
 )
 from .samplers import (
     DIGIT_FAMILIES,
+    DomainMixedBatchSampler,
     GroupBatch,
     GroupBatchSampler,
     RandomBatchSampler,
@@ -48,6 +49,7 @@ __all__ = [
     "GroupBatch",
     "GroupBatchSampler",
     "RandomBatchSampler",
+    "DomainMixedBatchSampler",
     "structured_batches",
     "DIGIT_FAMILIES",
     "single_label_families",

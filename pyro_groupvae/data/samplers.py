@@ -407,3 +407,54 @@ def single_label_families(labels) -> Dict[str, List[int]]:
     """``{str(v): [v]}`` for every distinct label value ``v`` (sorted): batches that share one label value."""
     values = torch.unique(_as_labels(labels)).tolist()
     return {str(v): [v] for v in values}
+
+
+class DomainMixedBatchSampler(_EpochState):
+    """Random batches with the same number of rows from every domain (paper sec. 4.2: "a proportion of 50%
+    samples from each dataset inside each batch").
+
+    Every epoch each domain's rows are permuted; the largest domain sets the number of batches (each of its rows
+    is used once per epoch) and smaller domains are cycled through fresh permutations. Each batch takes
+    ``batch_size / num_domains`` rows of every domain; ``batches_per_step`` batches form one
+    :class:`~pyro_groupvae.data.GroupBatch` (one group per batch), as :class:`RandomBatchSampler` does.
+
+    :param domains: 1-D integer domain label of every row.
+    :param int batch_size: rows per batch, a multiple of the number of domains.
+    :param int batches_per_step: batches (groups) per step.
+    :param int seed: seed.
+    """
+
+    def __init__(self, domains, batch_size, batches_per_step=1, seed=0):
+        domains = torch.as_tensor(domains).long().cpu()
+        self.values = torch.unique(domains)
+        self.batch_size = _check_positive_int("batch_size", batch_size)
+        self.batches_per_step = _check_positive_int("batches_per_step", batches_per_step)
+        if self.batch_size % len(self.values):
+            raise ValueError(f"batch_size={batch_size} is not a multiple of the number of domains "
+                             f"({len(self.values)})")
+        self.per_domain = self.batch_size // len(self.values)
+        self.rows = [torch.nonzero(domains == v).flatten() for v in self.values]
+        small = min(len(r) for r in self.rows)
+        if small < self.per_domain:
+            raise ValueError(f"a domain has {small} rows, fewer than batch_size / num_domains = {self.per_domain}")
+        self.num_batches = max(len(r) for r in self.rows) // self.per_domain
+        if self.num_batches < self.batches_per_step:
+            raise ValueError("fewer batches per epoch than batches_per_step")
+        self.seed, self.epoch = int(seed), 0
+
+    def __len__(self):
+        return self.num_batches // self.batches_per_step
+
+    def __iter__(self):
+        gen = self._next_generator()
+        need = self.num_batches * self.per_domain
+        streams = []
+        for r in self.rows:
+            reps = -(-need // len(r))
+            streams.append(torch.cat([r[torch.randperm(len(r), generator=gen)] for _ in range(reps)])[:need])
+        blocks = torch.stack([s.view(self.num_batches, self.per_domain) for s in streams], 1)  # (nb, D, per)
+        blocks = blocks.reshape(self.num_batches, self.batch_size)
+        s = self.batches_per_step
+        for step in range(len(self)):
+            idx = blocks[step * s:(step + 1) * s].reshape(-1)
+            yield GroupBatch(idx, torch.arange(s).repeat_interleave(self.batch_size), s)

@@ -11,8 +11,6 @@ import argparse
 import json
 from pathlib import Path
 
-import torch
-
 from ..data import RandomBatchSampler
 from ..infer.hfvae_elbo import PRESETS
 from ..runs import Recipe, register_recipe

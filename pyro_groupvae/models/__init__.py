@@ -9,6 +9,16 @@ from .mlvae import MLVAE, VAE
 MODELS = {"mlvae": MLVAE, "vae": VAE}
 
 
+def __getattr__(name):
+    """``from pyro_groupvae.models import UGVAE, NVAE, CVAE, HFVAE`` (imported on first use)."""
+    where = {"UGVAE": "ugvae", "NVAE": "nvae", "CVAE": "nvae", "HFVAE": "hfvae"}
+    if name in where:
+        import importlib
+
+        return getattr(importlib.import_module(f"{__name__}.{where[name]}"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 def register_model(cls):
     """Class decorator adding a model to :data:`MODELS` under ``cls.name``."""
     MODELS[cls.name] = cls

@@ -29,18 +29,25 @@ class GroupModel(nn.Module):
     def pyro_name(self):
         return self.name
 
-    def register(self):
-        """``pyro.module`` this model. If the param store holds tensors of another instance under the same
-        names (two models built in one process), they are dropped first, so the store never trains a stale
-        copy while this module's own parameters stay untouched."""
+    def register(self, *parts):
+        """``pyro.module`` this model, or only its sub-modules ``parts`` (attribute names): a model registers
+        the networks it uses (e.g. the decoder) and the guide its own (the encoder), which halves the number of
+        param sites traced per step.
+
+        If the param store holds tensors of another instance under the same names (two models built in one
+        process), they are dropped first, so the store never trains a stale copy while this module's own
+        parameters stay untouched.
+        """
         store = pyro.get_param_store()
-        prefix = self.pyro_name + "$$$"
-        first = next((n for n, p in self.named_parameters() if p.requires_grad), None)
-        if first is not None and prefix + first in store:
-            if store._params[prefix + first] is not dict(self.named_parameters())[first]:
+        for name, module in ([(self.pyro_name, self)] if not parts else
+                             [(f"{self.pyro_name}.{p}", getattr(self, p)) for p in parts]):
+            prefix = name + "$$$"
+            first = next(((n, p) for n, p in module.named_parameters() if p.requires_grad), None)
+            if first is not None and prefix + first[0] in store._params and store._params[prefix + first[0]] \
+                    is not first[1]:
                 for key in [k for k in store.keys() if k.startswith(prefix)]:
                     del store[key]
-        pyro.module(self.pyro_name, self)
+            pyro.module(name, module)
 
     @property
     def device(self):

@@ -28,7 +28,6 @@ plates; :meth:`MLVAE.infer_local` fits fresh local parameters on new data with t
 """
 from __future__ import annotations
 
-import math
 import time
 
 import pyro
@@ -84,6 +83,7 @@ class MLVAE(GroupModel):
         self.content_dim, self.style_dim = content_dim, style_dim
         self.group_posterior, self.content_sample, self.guide_type = group_posterior, content_sample, guide_type
         self.style_beta = float(style_beta)
+        self._model_parts = ("decoder", "likelihood")
         self.decoder = make_decoder(architecture, content_dim + style_dim, image_shape, hidden)
         self.likelihood = ImageLikelihood(image_shape, likelihood, min_scale)
         if guide_type == "amortized":
@@ -91,13 +91,15 @@ class MLVAE(GroupModel):
             self.style_head = GaussianHead(self.trunk.out_features, style_dim)
             if content_dim:
                 self.content_head = GaussianHead(self.trunk.out_features, content_dim)
+            self._guide_parts = ("trunk", "style_head") + (("content_head",) if content_dim else ())
         else:
             if not num_train_obs or (content_dim and not num_train_groups):
                 raise ValueError("guide_type='svi' needs num_train_obs and num_train_groups")
             # free variational parameters: mean and log-variance per observation (style) and per group (content)
-            self.local_style = nn.Parameter(torch.zeros(num_train_obs, 2, style_dim))
+            self.local = nn.ParameterDict({"style": nn.Parameter(torch.zeros(num_train_obs, 2, style_dim))})
             if content_dim:
-                self.local_content = nn.Parameter(torch.zeros(num_train_groups, 2, content_dim))
+                self.local["content"] = nn.Parameter(torch.zeros(num_train_groups, 2, content_dim))
+            self._guide_parts = ("local",)
 
     # ------------------------------------------------------------------ plates
     def _plates(self, n, num_groups, obs_index=None, group_id=None):
@@ -129,7 +131,7 @@ class MLVAE(GroupModel):
         :param group_id: training-set ids of the batch's groups (SVI baseline only).
         """
         group_index, num_groups = self.check_inputs(x, group_index, num_groups)
-        self.register()
+        self.register(*self._model_parts)
         n = x.shape[0]
         obs_plate, group_plate = self._plates(n, num_groups, obs_index, group_id)
         zeros = x.new_zeros(self.content_dim)
@@ -174,7 +176,7 @@ class MLVAE(GroupModel):
         """q(C, S | X) = prod_G q(c_G | X_G) prod_i q(s_i | x_i); arguments as :meth:`model`."""
         group_index, num_groups = self.check_inputs(x, group_index, num_groups)
         self._needs_svi_index(obs_index, group_id)
-        self.register()
+        self.register(*self._guide_parts)
         n = x.shape[0]
         obs_plate, group_plate = self._plates(n, num_groups, obs_index, group_id)
         if self.guide_type == "svi":
@@ -199,9 +201,9 @@ class MLVAE(GroupModel):
             if self.content_sample != "group":
                 raise InputError("the SVI baseline supports content_sample='group' only")
             with group_plate:
-                pyro.sample("content", normal(self.local_content[group_id]))
+                pyro.sample("content", normal(self.local["content"][group_id]))
         with obs_plate, poutine.scale(scale=self.style_beta):
-            pyro.sample("style", normal(self.local_style[obs_index]))
+            pyro.sample("style", normal(self.local["style"][obs_index]))
 
     # ------------------------------------------------------------------ batching
     def batch_inputs(self, data, batch, device=None):
