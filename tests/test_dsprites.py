@@ -9,7 +9,20 @@ import torch
 from pyro_groupvae.data.base import ImageDataset
 from pyro_groupvae.data.dsprites import DSprites, load_dsprites
 
-REFERENCE_GIF = "/work/shared/reference/dsprites-traversals.gif"
+from pathlib import Path
+
+
+def _reference_gif():
+    """The real dSprites frames in ../shared/reference beside the checkout (as in CI), or $PYRO_GROUPVAE_SHARED."""
+    roots = [Path(__file__).resolve().parents[2] / "shared", Path(os.environ.get("PYRO_GROUPVAE_SHARED", "/nonexistent")),
+             Path("/work/shared")]
+    for root in roots:
+        if (root / "reference" / "dsprites-traversals.gif").exists():
+            return str(root / "reference" / "dsprites-traversals.gif")
+    return "reference-gif-not-found"
+
+
+REFERENCE_GIF = _reference_gif()
 SQUARE, ELLIPSE, HEART = 0, 1, 2
 
 

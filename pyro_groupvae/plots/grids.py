@@ -11,6 +11,15 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 
+def _save(fig, path, dpi=80):
+    """Write a figure as PNG (creating the folder) and close it."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=dpi)
+    plt.close(fig)
+    return path
+
+
 def _to_numpy_image(img):
     img = img.detach().cpu().float().clamp(0, 1).numpy() if torch.is_tensor(img) else np.asarray(img)
     if img.ndim == 3:
@@ -56,11 +65,7 @@ def image_grid(images, path, title=None, row_labels=None, col_labels=None, frame
     if title:
         fig.suptitle(title, fontsize=9)
     fig.tight_layout(pad=0.2)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=80)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def line_plot(curves, path, xlabel, ylabel, title=None, logx=False, errors=None, hlines=None):
@@ -88,11 +93,7 @@ def line_plot(curves, path, xlabel, ylabel, title=None, logx=False, errors=None,
     ax.legend(fontsize=7)
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=80)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def scatter_2d(points, labels, path, title=None, label_names=None):
@@ -110,11 +111,7 @@ def scatter_2d(points, labels, path, title=None, label_names=None):
     if title:
         ax.set_title(title, fontsize=9)
     fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=80)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def bar_plot(values, path, xlabel, ylabel, title=None, groups=None):
@@ -131,8 +128,4 @@ def bar_plot(values, path, xlabel, ylabel, title=None, groups=None):
     if title:
         ax.set_title(title, fontsize=9)
     fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=80)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
