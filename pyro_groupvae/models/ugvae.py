@@ -52,7 +52,7 @@ Choices where the paper is silent (or lacks its supplement), with reasons:
 
 * Defaults ``K=10``, ``local_dim=10``, ``global_dim=20``: the paper's ``K`` for MNIST and the dimensions of the
   authors' public MNIST configuration. With ``global_dim=10`` our even-vs-odd batch classification from beta
-  samples was 0.80 instead of 0.98 (same seed, docs/results_ugvae.md).
+  samples was 0.80 instead of 0.98 (same seed, docs/results.md, UG-VAE).
 
 * The ``K`` cluster networks (eq. 3) are one batched module (:class:`ClusterNets`, ``K`` independent two-layer
   MLPs evaluated in one ``einsum``): "as many NNs as discrete categories" without a Python loop.
