@@ -33,7 +33,7 @@ def build_parser():
     ev = sub.add_parser("evaluate", help="evaluate a run: metrics.json, figures/*.png, report.md")
     ev.add_argument("run_dir")
     ev.add_argument("--device", default="cpu")
-    ev.add_argument("--baseline", default=None, help="a VAE run folder to compare with (ML-VAE)")
+    ev.add_argument("--baseline", default=None, help="a baseline run folder to compare with (ML-VAE: a VAE run; N-VAE: a CVAE run)")
     ev.add_argument("--quick", action="store_true", help="small evaluation settings (smoke tests)")
     ev.add_argument("--seed", type=int, default=0)
     demo = sub.add_parser("demo", help="train and evaluate ML-VAE and the VAE baseline on the bundled MNIST")
