@@ -42,7 +42,7 @@ from ..distributions import ExpConcrete
 from ..infer.hfvae_elbo import PRESETS, HFVAE_ELBO, preset_weights
 from ..validation import InputError, check_images
 from .base import GroupModel
-from .nets import GaussianHead, ImageLikelihood, _flat_apply
+from .nets import GaussianHead, ImageLikelihood, flat_apply
 
 ARCHITECTURES = ("mlp", "dsprites", "conv")
 
@@ -203,7 +203,7 @@ class HFVAE(GroupModel):
         return torch.cat([z_n, p], -1)
 
     def _decode_logits(self, latent):
-        out = _flat_apply(self.decoder_net, latent, 1)
+        out = flat_apply(self.decoder_net, latent, 1)
         return out.reshape(latent.shape[:-1] + self.image_shape)
 
     def _prior_logits(self, x):

@@ -14,7 +14,7 @@ from torch import nn
 ACTIVATIONS = {"tanh": nn.Tanh, "relu": nn.ReLU, "elu": nn.ELU, "softplus": nn.Softplus}
 
 
-def _flat_apply(module, x, event_dims):
+def flat_apply(module, x, event_dims):
     """Apply ``module`` to ``x`` whose last ``event_dims`` dimensions are the input, broadcasting the rest."""
     batch = x.shape[: x.dim() - event_dims]
     y = module(x.reshape((-1,) + x.shape[x.dim() - event_dims:]))
@@ -52,7 +52,7 @@ class MLPTrunk(nn.Module):
         self.out_features = hidden[-1]
 
     def forward(self, x):
-        return _flat_apply(lambda v: self.net(v.flatten(1)), x, 3)
+        return flat_apply(lambda v: self.net(v.flatten(1)), x, 3)
 
 
 class ConvTrunk64(nn.Module):
@@ -76,7 +76,7 @@ class ConvTrunk64(nn.Module):
         self.out_features = 2 * hidden
 
     def forward(self, x):
-        return _flat_apply(lambda v: self.fc(self.conv(v).flatten(1)), x, 3)
+        return flat_apply(lambda v: self.fc(self.conv(v).flatten(1)), x, 3)
 
 
 class GaussianHead(nn.Module):
@@ -106,7 +106,7 @@ class MLPDecoder(nn.Module):
         self.net = mlp([latent_dim] + list(hidden) + [math.prod(image_shape)], activation)
 
     def forward(self, z):
-        out = _flat_apply(self.net, z, 1)
+        out = flat_apply(self.net, z, 1)
         return out.reshape(z.shape[:-1] + self.image_shape), None
 
 
@@ -135,7 +135,7 @@ class ConvDecoder64(nn.Module):
             h = self.deconv(self.fc(v).view(-1, 512, 8, 8))
             return torch.cat([self.mean(h), 5 * torch.tanh(self.log_var(h) / 5)], 1)
 
-        out = _flat_apply(f, z, 1)
+        out = flat_apply(f, z, 1)
         c = self.image_shape[0]
         return out[..., :c, :, :], out[..., c:, :, :]
 

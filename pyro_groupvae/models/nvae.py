@@ -65,7 +65,7 @@ from ..distributions import DirichletClassPrior, class_bound_terms
 from ..distributions.dirichlet_prior import Float64Dirichlet
 from ..validation import InputError, check_images, check_labels
 from .base import GroupModel
-from .nets import GaussianHead, ImageLikelihood, _flat_apply, make_decoder, make_encoder_trunk
+from .nets import GaussianHead, ImageLikelihood, flat_apply, make_decoder, make_encoder_trunk
 
 
 class SmallConvTrunk(nn.Module):
@@ -82,7 +82,7 @@ class SmallConvTrunk(nn.Module):
         self.out_features = hidden
 
     def forward(self, x):
-        return _flat_apply(lambda v: self.fc(self.conv(v).flatten(1)), x, 3)
+        return flat_apply(lambda v: self.fc(self.conv(v).flatten(1)), x, 3)
 
 
 def make_networks(architecture, image_shape, hidden, decoder_in):
