@@ -503,3 +503,18 @@ def test_structured_batches():
     assert sf.tolist() == [0, 0, 1, 1, 2, 2]
     with pytest.raises(ValueError, match="'11'"):
         structured_batches(torch.tensor([7, 3, 3, 7, 11]), single, batch_size=2, batches_per_family=1)
+
+
+def test_subset_slices_per_row_extras(tmp_path):
+    from PIL import Image
+
+    from pyro_groupvae.data import load_image_folder
+
+    for g in ("a", "b"):
+        (tmp_path / g).mkdir()
+        for i in range(2):
+            Image.new("RGB", (10, 10), (i * 100, 0, 0)).save(tmp_path / g / f"{i}.png")
+    ds = load_image_folder(tmp_path, size=8)
+    sub = ds.subset([3, 0])
+    assert list(sub.extras["paths"]) == [ds.extras["paths"][3], ds.extras["paths"][0]]
+    assert sub.extras["group_names"] == ["a", "b"]

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 
 
@@ -13,8 +14,8 @@ class ImageDataset:
     :param torch.Tensor x: float32 images of shape ``(N, C, H, W)`` with values in ``[0, 1]``.
     :param torch.Tensor y: int64 labels of shape ``(N,)`` (class, identity, group, ...).
     :param str name: a short name used in reports.
-    :param dict extras: per-observation side information (e.g. ``"domain"``) as tensors of length ``N``,
-        or dataset-level metadata (e.g. ``"group_names"``).
+    :param dict extras: per-observation side information (e.g. ``"domain"``) as tensors or numpy arrays of
+        length ``N`` (sliced by :meth:`subset`), or dataset-level metadata such as lists (e.g. ``"group_names"``).
     """
 
     x: torch.Tensor
@@ -39,10 +40,11 @@ class ImageDataset:
 
     def subset(self, index) -> "ImageDataset":
         index = torch.as_tensor(index, dtype=torch.long)
-        extras = {
-            k: (v[index] if torch.is_tensor(v) and v.dim() > 0 and v.shape[0] == len(self) else v)
-            for k, v in self.extras.items()
-        }
+        def per_row(v):
+            return (torch.is_tensor(v) or isinstance(v, np.ndarray)) and v.ndim > 0 and v.shape[0] == len(self)
+
+        extras = {k: (v[index.cpu().numpy()] if isinstance(v, np.ndarray) else v[index]) if per_row(v) else v
+                  for k, v in self.extras.items()}
         return ImageDataset(self.x[index], self.y[index], self.name, extras)
 
     def binarized(self, threshold: float = 0.5) -> "ImageDataset":

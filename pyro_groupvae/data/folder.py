@@ -55,8 +55,8 @@ def load_image_folder(root, size: int = 64, channels: int = 3) -> ImageDataset:
     :param int size: output height and width.
     :param int channels: 3 (RGB) or 1 (grey-scale).
     :return: :class:`ImageDataset` ``(N, channels, size, size)`` in ``[0, 1]``, ``y`` = group index,
-        ``extras["group_names"]`` (list of sub-folder names, indexed by ``y``) and ``extras["paths"]`` (list of
-        file paths, one per row). Name: the base name of ``root``.
+        ``extras["group_names"]`` (list of sub-folder names, indexed by ``y``) and ``extras["paths"]`` (array of
+        file paths, one per row, sliced by ``subset``). Name: the base name of ``root``.
     :raises FileNotFoundError: ``root`` does not exist or is not a folder.
     :raises ValueError: no sub-folders, a sub-folder without images (named), an unreadable image (named),
         a bad ``size`` or ``channels``.
@@ -93,4 +93,4 @@ def load_image_folder(root, size: int = 64, channels: int = 3) -> ImageDataset:
     x = torch.from_numpy(arrays).permute(0, 3, 1, 2).float().div_(255.0).contiguous()
     y = torch.tensor(labels, dtype=torch.long)
     name = os.path.basename(os.path.normpath(root)) or "folder"
-    return ImageDataset(x, y, name, {"group_names": list(groups), "paths": paths})
+    return ImageDataset(x, y, name, {"group_names": list(groups), "paths": np.array(paths)})
