@@ -16,23 +16,8 @@ import torch
 from pyro_groupvae.data import GroupBatchSampler, load_dataset
 from pyro_groupvae.distributions import product_of_normals
 from pyro_groupvae.infer.optim import FusedAdam
+from timing import time_pair
 from pyro_groupvae.models import MLVAE
-
-
-def timeit_pair(fa, fb, repeats, warmup=10, sync=lambda: None):
-    """Median times of ``fa`` and ``fb`` run alternately, so that load on the machine hits both alike."""
-    for _ in range(warmup):
-        fa()
-        fb()
-    ta, tb = [], []
-    for _ in range(repeats):
-        for fn, acc in ((fa, ta), (fb, tb)):
-            sync()
-            t0 = time.perf_counter()
-            fn()
-            sync()
-            acc.append(time.perf_counter() - t0)
-    return sorted(ta)[repeats // 2], sorted(tb)[repeats // 2]
 
 
 def timeit(fn, repeats, warmup=10, sync=lambda: None):
@@ -98,7 +83,7 @@ def main():
 
     # as in pyro_groupvae.infer.fit: data validated once, no per-step checks (both sides)
     with m.trusted_inputs(), pyro.validation_enabled(False):
-        t_pyro, t_torch = timeit_pair(lambda: svi.step(x, gi, g), torch_step, args.repeats, sync=sync)
+        t_pyro, t_torch = time_pair(lambda: svi.step(x, gi, g), torch_step, args.repeats, sync=sync)
     # the same loss: compare values on fixed noise
     torch.manual_seed(1)
     lp = pyro.infer.TraceMeanField_ELBO().loss(m2.model, m2.guide, x, gi, g)

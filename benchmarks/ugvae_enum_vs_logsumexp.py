@@ -19,8 +19,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
-import time
 
 import pyro
 import torch
@@ -28,20 +26,7 @@ from pyro import poutine
 
 from pyro_groupvae.data import load_dataset
 from pyro_groupvae.models.ugvae import UGVAE
-
-
-def _time_pair(step_a, step_b, warmup, steps):
-    """Median seconds of two steps run alternately, so that load on the machine hits both alike."""
-    for _ in range(warmup):
-        step_a()
-        step_b()
-    ta, tb = [], []
-    for _ in range(steps):
-        for step, times in ((step_a, ta), (step_b, tb)):
-            t0 = time.perf_counter()
-            step()
-            times.append(time.perf_counter() - t0)
-    return statistics.median(ta), statistics.median(tb)
+from timing import time_pair
 
 
 def run(groups=4, batch_size=128, steps=30, warmup=5, num_clusters=10, threads=1, seed=0, device="cpu"):
@@ -76,7 +61,7 @@ def run(groups=4, batch_size=128, steps=30, warmup=5, num_clusters=10, threads=1
             loss.backward()
             opt.step()
 
-        t_pyro, t_hand = _time_pair(pyro_step, hand_step, warmup, steps)
+        t_pyro, t_hand = time_pair(pyro_step, hand_step, steps, warmup)
         results[objective] = {"traceenum_s_per_step": t_pyro, "hand_written_s_per_step": t_hand,
                               "ratio_traceenum_over_hand": t_pyro / t_hand, "value_rel_error": rel}
     return results
