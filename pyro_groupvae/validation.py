@@ -73,6 +73,17 @@ def check_labels(y, n, num_classes, name="y"):
     return y.long()
 
 
+def group_index_from_ids(group_ids, n, device=None):
+    """Per-observation group ids of any integers -> ``(group_index in 0..G-1, G)``; ``None`` means every
+    observation is its own group. Raises a clear error for ids of the wrong length."""
+    if group_ids is None:
+        return torch.arange(n, device=device), n
+    group_ids = torch.as_tensor(group_ids, device=device)
+    if group_ids.shape != (n,):
+        raise InputError(f"group_ids must have shape ({n},), got {tuple(group_ids.shape)}")
+    return relabel(group_ids)
+
+
 def relabel(group_ids):
     """Map arbitrary integer group ids to ``0..G-1``; returns ``(group_index, num_groups)``."""
     uniq, inverse = torch.unique(torch.as_tensor(group_ids), return_inverse=True)

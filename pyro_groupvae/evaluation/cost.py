@@ -6,18 +6,15 @@ import time
 import pyro
 import torch
 
+from ..validation import group_index_from_ids
+
 
 def amortized_elbo(model, x, group_ids=None, num_particles=10):
     """ELBO per observation of ``x`` under the amortised guide, and the seconds it took.
 
     :returns: ``(elbo_per_observation, seconds)``.
     """
-    from ..validation import relabel
-
-    if group_ids is None:
-        gi, g = torch.arange(x.shape[0], device=x.device), x.shape[0]
-    else:
-        gi, g = relabel(torch.as_tensor(group_ids, device=x.device))
+    gi, g = group_index_from_ids(group_ids, x.shape[0], x.device)
     elbo = pyro.infer.Trace_ELBO(num_particles=num_particles, vectorize_particles=True)
     was = model.training
     model.eval()

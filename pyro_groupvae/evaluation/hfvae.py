@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ..plots import bar_plot, image_grid, line_plot
+from ..plots import bar_plot, histogram_plot, image_grid, line_plot
 
 PAPER_TABLE = {  # paper table 2: (FactorVAE, Eastwood/DCI disentanglement)
     "vae": (0.71, 0.40),
@@ -366,7 +366,7 @@ def zero_shot(out, dataset="mnist32", epochs=60, batch_size=500, seed=0, q=0.2, 
         if len(sel):
             image_grid(torch.stack([sel, model.reconstruct(sel).cpu()]), fig / f"zero_shot_{name}.png",
                        f"removed {name.replace('_', ' ')}s (test): data / reconstruction", ["data", "recon"])
-        _histogram({"training (pruned)": zk.numpy(), "removed (test)": zr.numpy()}, fig / f"hist_{name}.png",
+        histogram_plot({"training (pruned)": zk.numpy(), "removed (test)": zr.numpy()}, fig / f"hist_{name}.png",
                    f"z{dim} (sign-aligned with the feature)", f"{name.replace('_', ' ')}: encoded feature")
     (out / "zero_shot.json").write_text(json.dumps(res, indent=2))
     md = [f"Rule: remove 7s with ink area > {th[0]:.0f} px (top {q:.0%} of training 7s) and 0s with ink width < "
@@ -383,20 +383,6 @@ def zero_shot(out, dataset="mnist32", epochs=60, batch_size=500, seed=0, q=0.2, 
                   f"{r['removed_frac_beyond_train']:.0%} | {r['kept_test_frac_beyond_train']:.0%} |")
     (out / "zero_shot.md").write_text("\n".join(md) + "\n")
     return res
-
-
-def _histogram(samples, path, xlabel, title):
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(4.5, 3))
-    for label, v in samples.items():
-        ax.hist(v, bins=30, alpha=0.5, density=True, label=label)
-    ax.set_xlabel(xlabel)
-    ax.set_title(title, fontsize=9)
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=80)
-    plt.close(fig)
 
 
 __all__ = ["traversal_images", "mutual_information", "evaluate_model", "dsprites_table", "zero_shot",

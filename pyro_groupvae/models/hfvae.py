@@ -40,7 +40,7 @@ from torch import nn
 
 from ..distributions import ExpConcrete
 from ..infer.hfvae_elbo import PRESETS, HFVAE_ELBO, preset_weights
-from ..validation import InputError, check_images
+from ..validation import InputError
 from .base import GroupModel
 from .nets import GaussianHead, ImageLikelihood, flat_apply
 
@@ -191,9 +191,6 @@ class HFVAE(GroupModel):
         return HFVAE_ELBO(alpha=a, beta=b, gamma=g, delta=d)
 
     # ------------------------------------------------------------------ networks
-    def _check(self, x):
-        check_images(x, self.image_shape, self.config["likelihood"])
-
     def _decoder_input(self, z_n, z_c=None):
         """``[z_n, exp(z_c)]`` (``z_c`` on the log simplex); for K = 2 only the "on" coordinate."""
         if not self.V:
@@ -216,7 +213,7 @@ class HFVAE(GroupModel):
         :param x: images ``(B, C, H, W)``.
         :param int dataset_size: ``N`` of the training set (used by the guide for the estimator of q(z)).
         """
-        self._check(x)
+        self.check_inputs(x)
         self.register()
         with pyro.plate("observations", x.shape[0]):
             z_n = pyro.sample("z_n", dist.Normal(x.new_zeros(self.D), 1.0).to_event(1))
@@ -230,7 +227,7 @@ class HFVAE(GroupModel):
     def guide(self, x, dataset_size=None):
         r"""q(z_n, z_c | x) = N(z_n; mu(x), sigma(x)^2) ExpConcrete(z_c; tau, logits(x)); arguments as
         :meth:`model`. ``dataset_size`` goes into the sites' ``infer`` dict for :class:`HFVAE_ELBO`."""
-        self._check(x)
+        self.check_inputs(x)
         self.register()
         loc, log_var, logits = self.encoder(x)
         infer = {"dataset_size": int(dataset_size)} if dataset_size else {}
@@ -256,7 +253,7 @@ class HFVAE(GroupModel):
 
     def encode(self, x):
         """Posteriors of images ``x``: ``(Normal (B, D) of z_n, class probabilities (B, V, K) or None)``."""
-        self._check(x)
+        self.check_inputs(x)
 
         def f(x):
             loc, log_var, logits = self.encoder(x)

@@ -38,7 +38,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..distributions import MixtureOfNormals, ProductOfNormals, group_sizes
-from ..validation import InputError
+from ..validation import InputError, group_index_from_ids
 from .base import GroupModel
 from .nets import GaussianHead, ImageLikelihood, make_decoder, make_encoder_trunk
 
@@ -236,16 +236,8 @@ class MLVAE(GroupModel):
             # non-amortised: there is no encoder, so "encoding" is test-time SVI with the decoder frozen
             content, style, _ = self.infer_local(x, group_ids, steps=self.encode_steps)
             return content, style
-        from ..validation import relabel
-
         self.check_inputs(x)
-        if group_ids is None:
-            group_index, num_groups = torch.arange(x.shape[0], device=x.device), x.shape[0]
-        else:
-            group_ids = torch.as_tensor(group_ids, device=x.device)
-            if group_ids.shape != (x.shape[0],):
-                raise InputError(f"group_ids must have shape ({x.shape[0]},), got {tuple(group_ids.shape)}")
-            group_index, num_groups = relabel(group_ids)
+        group_index, num_groups = group_index_from_ids(group_ids, x.shape[0], x.device)
         was_training = self.training
         self.eval()
         c_loc, c_lv, s_loc, s_lv = self.local_posteriors(x)
@@ -284,13 +276,8 @@ class MLVAE(GroupModel):
         :returns: ``(content, style, history)``: Normals as in :meth:`encode` and a list of
             ``(step, seconds, elbo_per_observation)``.
         """
-        from ..validation import relabel
-
         self.check_inputs(x)
-        if group_ids is None:
-            group_index, num_groups = torch.arange(x.shape[0], device=x.device), x.shape[0]
-        else:
-            group_index, num_groups = relabel(torch.as_tensor(group_ids, device=x.device))
+        group_index, num_groups = group_index_from_ids(group_ids, x.shape[0], x.device)
         n = x.shape[0]
         style_p = torch.zeros(n, 2, self.style_dim, device=x.device, requires_grad=True)
         content_p = torch.zeros(num_groups, 2, max(self.content_dim, 1), device=x.device, requires_grad=True)
@@ -360,12 +347,7 @@ class VAE(MLVAE):
         _, z = super().encode(x)
         if group_ids is None:
             return z, z
-        from ..validation import relabel
-
-        group_ids = torch.as_tensor(group_ids, device=x.device)
-        if group_ids.shape != (x.shape[0],):
-            raise InputError(f"group_ids must have shape ({x.shape[0]},), got {tuple(group_ids.shape)}")
-        group_index, num_groups = relabel(group_ids)
+        group_index, num_groups = group_index_from_ids(group_ids, x.shape[0], x.device)
         q = ProductOfNormals.from_observations(z.loc, z.scale, group_index, num_groups)
         return dist.Normal(q.loc[group_index], q.scale[group_index]), z
 

@@ -129,3 +129,19 @@ def bar_plot(values, path, xlabel, ylabel, title=None, groups=None):
         ax.set_title(title, fontsize=9)
     fig.tight_layout()
     return _save(fig, path)
+
+
+def histogram_plot(samples, path, xlabel, title=None, bins=30):
+    """Save overlaid normalised histograms.
+
+    :param samples: dict ``label -> 1-D array of values``.
+    """
+    fig, ax = plt.subplots(figsize=(4.5, 3))
+    for label, v in samples.items():
+        ax.hist(np.asarray(v), bins=bins, alpha=0.5, density=True, label=label)
+    ax.set_xlabel(xlabel)
+    if title:
+        ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    return _save(fig, path)
