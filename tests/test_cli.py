@@ -18,9 +18,10 @@ def test_train_resume_and_load_run(tmp_path):
     assert cfg["model"] == "mlvae" and cfg["options"]["group_size"] == 8
     assert main(["train", "mlvae", "--epochs", "2", "--out", str(out), "--resume", "--no-progress"]) == 0
     assert (out / "history.csv").read_text().strip().count("\n") == 2
-    model = pyro_groupvae.load_run(out)
+    model = pyro_groupvae.load_run(out).model
     x = pyro_groupvae.data.load_dataset("mnist", "test").x[:6]
-    content, style = model.encode(x, torch.tensor([0, 0, 0, 1, 1, 1]))
+    post = model.encode(x, torch.tensor([0, 0, 0, 1, 1, 1]))
+    content, style = post["content"], post["style"]
     assert content.mean.shape == (6, 10) and style.mean.shape == (6, 10)
     assert model.decode(content.mean, style.mean).shape == (6, 1, 28, 28)
 
@@ -48,3 +49,20 @@ def test_demo_quick(tmp_path):
                 "classification_accuracy", "inference_cost"):
         assert (run / "figures" / f"{fig}.png").stat().st_size > 1000
         assert f"figures/{fig}.png" in report
+
+
+def test_evaluate_a_run_folder_written_by_fit(tmp_path):
+    """The README's sequence: Python ``fit(..., out_dir=...)``, then ``pyro-groupvae evaluate`` on that folder."""
+    from pyro_groupvae.data import GroupBatchSampler, load_dataset
+    from pyro_groupvae.infer import fit
+    from pyro_groupvae.models import MLVAE
+
+    train = load_dataset("mnist", "train").subset(torch.arange(512))
+    fit(MLVAE(content_dim=4, style_dim=4, hidden=32), train, GroupBatchSampler(train.y, batch_groups=8, group_size=8),
+        epochs=1, out_dir=tmp_path / "mlvae", progress=False)
+    run = pyro_groupvae.load_run(tmp_path / "mlvae")
+    assert run.config["model"] == "mlvae" and run.config["dataset"] == "mnist" and len(run.history) == 1
+    assert not hasattr(run.model, "run_config")  # nothing is attached to the model any more
+    assert main(["evaluate", str(tmp_path / "mlvae"), "--quick"]) == 0
+    metrics = json.loads((tmp_path / "mlvae" / "metrics.json").read_text())
+    assert 0.0 <= metrics["classification"]["content_accuracy_k1"] <= 1.0

@@ -12,7 +12,7 @@ from pyro.infer import SVI, Trace_ELBO
 
 from pyro_groupvae.distributions import ExpConcrete
 from pyro_groupvae.infer import HFVAE_ELBO, log_batch_marginals, preset_weights
-from pyro_groupvae.infer.hfvae_elbo import _Group, stratified_log_weights
+from pyro_groupvae.infer.hfvae_elbo import LatentGroup, stratified_log_weights
 from pyro_groupvae.models.hfvae import HFVAE
 from pyro_groupvae.validation import InputError
 
@@ -28,8 +28,8 @@ def _groups(B=5, D=3, V=2, K=3, seed=0, requires_grad=False):
     zn = qn.rsample()
     zc = qc.rsample()
     pn, pc = dist.Normal(torch.zeros(B, D), 1.0), ExpConcrete(0.67, logits=torch.zeros(B, V, K))
-    return [_Group("z_n", qn, pn, qn.to_event(1), pn.to_event(1), zn, D),
-            _Group("z_c", qc, pc, qc.to_event(1), pc.to_event(1), zc, V)], (loc, scale, logits)
+    return [LatentGroup("z_n", qn, pn, qn.to_event(1), pn.to_event(1), zn, D),
+            LatentGroup("z_c", qc, pc, qc.to_event(1), pc.to_event(1), zc, V)], (loc, scale, logits)
 
 
 def _brute_force(groups, N):
@@ -82,7 +82,7 @@ def test_estimator_is_unbiased_over_all_batches():
             idx = torch.tensor((0,) + others)
             q = dist.Normal(locs[idx], scales[idx])
             values = torch.cat([z[None], q.sample()[1:]])  # only row 0's value matters for row 0
-            grp = [_Group("z", q, q, q.to_event(1), q.to_event(1), values, 2)]
+            grp = [LatentGroup("z", q, q, q.to_event(1), q.to_event(1), values, 2)]
             estimates.append(log_batch_marginals(grp, N)[0][0].exp())
         assert torch.allclose(torch.stack(estimates).mean().log(), exact, atol=1e-10)
         # and the biased plain batch mean (no stratification) would not be

@@ -105,8 +105,8 @@ def test_predictive_and_prior_samples():
 def test_encode_accumulates_evidence_and_decode_shape():
     m = tiny()
     x, gi, g = batch()
-    c1, s1 = m.encode(x)
-    c2, s2 = m.encode(x, gi * 10 + 7)  # arbitrary integer ids
+    c1, s1 = (m.encode(x)[k] for k in ("content", "style"))
+    c2, s2 = (m.encode(x, gi * 10 + 7)[k] for k in ("content", "style"))  # arbitrary integer ids
     assert c1.mean.shape == (10, 3) and s1.mean.shape == (10, 2)
     assert torch.allclose(s1.mean, s2.mean)
     assert (c2.stddev[:3] < c1.stddev[:3]).all()  # three images in group 0: a tighter posterior
@@ -118,7 +118,7 @@ def test_encode_accumulates_evidence_and_decode_shape():
 def test_vae_baseline_accumulates_with_the_product():
     v = VAE(image_shape=SHAPE, latent_dim=4, hidden=16)
     x, gi, g = batch()
-    acc, z = v.encode(x, gi)
+    acc, z = (v.encode(x, gi)[k] for k in ("content", "style"))
     assert acc.mean.shape == (10, 4) and torch.allclose(acc.mean[0], acc.mean[1])
     pyro.clear_param_store()
     svi = SVI(v.model, v.guide, pyro.optim.Adam({"lr": 1e-3}), TraceMeanField_ELBO())
@@ -227,13 +227,13 @@ def test_conv_architecture_on_a_folder_of_groups(tmp_path):
         for i in range(3):
             arr = (torch.rand(40, 50, 3, generator=rng) * 255).byte().numpy()
             Image.fromarray(arr).save(tmp_path / person / f"{i}.png")
-    data = load_dataset("folder", root=tmp_path, size=64)
+    data = load_dataset("folder", root=tmp_path, size=64, lazy=False)  # in memory: the test calls SVI on data.x
     assert data.x.shape == (6, 3, 64, 64)
     m = MLVAE(image_shape=(3, 64, 64), architecture="conv", content_dim=4, style_dim=4)
     pyro.clear_param_store()
     svi = SVI(m.model, m.guide, pyro.optim.Adam({"lr": 1e-4}), TraceMeanField_ELBO())
     assert math.isfinite(svi.step(data.x, data.y, 2))
-    content, style = m.encode(data.x, data.y)
+    content, style = (m.encode(data.x, data.y)[k] for k in ("content", "style"))
     assert content.mean.shape == (6, 4) and m.decode(content.mean, style.mean).shape == (6, 3, 64, 64)
 
 
@@ -255,7 +255,9 @@ def test_style_beta_scales_the_style_kl_in_model_and_guide():
 @pytest.mark.slow
 def test_learns_to_disentangle_digits_on_real_mnist():
     """Seeded, small: 20 epochs on the bundled MNIST (groups of 16 images of one digit, style KL weight 10).
-    Measured when written: content 0.76 at k=1 and 0.99 at k=10, style 0.14 (chance 0.10)."""
+    Measured when written: content 0.76 at k=1 and 0.99 at k=10, style 0.14 (chance 0.10) with the probe trained on
+    style samples; 0.48 with the probe trained and tested on style means (issue 13: the style still carries class
+    information at this budget; see docs/results.md)."""
     from pyro_groupvae.data import load_dataset
     from pyro_groupvae.evaluation.classification import accumulation_classification
 
@@ -266,5 +268,6 @@ def test_learns_to_disentangle_digits_on_real_mnist():
     r = accumulation_classification(m, test.x, test.y, ks=[1, 10], K=30, trials=2, classifier_steps=300)
     acc_1, acc_10 = r["content_accuracy"]
     assert acc_10 >= 0.95 and acc_1 >= 0.6
-    assert r["style_accuracy"] <= 0.3
-    assert acc_1 > r["style_accuracy"] + 0.3
+    assert r["style_sample_probe_accuracy"] <= 0.3
+    assert r["style_accuracy"] <= 0.6 and r["style_linear_accuracy"] <= 0.6
+    assert acc_1 > r["style_accuracy"] + 0.15

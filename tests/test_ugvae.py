@@ -225,7 +225,7 @@ def test_encode_groups_is_the_precision_weighted_product():
         assert torch.allclose(beta.scale[g] ** 2, 1 / p)
         assert torch.allclose(beta.loc[g], (prec[rows] * b_loc[rows]).sum(0) / p)
     assert torch.allclose(pi.sum(-1), torch.ones(6, dtype=torch.float64))
-    per_image, _ = m.encode(x, gi + 5)  # arbitrary ids are relabelled
+    per_image = m.encode(x, gi + 5)["beta"]  # arbitrary ids are relabelled
     assert torch.allclose(per_image.loc, beta.loc[gi])
 
 
@@ -248,7 +248,7 @@ def test_predictive_and_prior_samples():
     pred = Predictive(m.model, guide=m.guide, num_samples=3, return_sites=["beta", "z", "d"])(x, gi, G)
     assert pred["beta"].shape == (3, G, 1, 2)
     assert pred["z"].shape == (3, G, 3, 2)
-    images, d = m.sample(num_groups=2, group_size=4, cluster=1)
+    images, d = m.sample_groups(num_groups=2, group_size=4, cluster=1)
     assert images.shape == (2, 4, 1, 4, 4) and bool((d == 1).all())
     assert float(images.min()) >= 0 and float(images.max()) <= 1
 

@@ -11,9 +11,23 @@ from __future__ import annotations
 
 from typing import Callable, Dict
 
+import torch
+
 from .base import ImageDataset
+from .celeba import CELEBA_ATTRIBUTES, celeba_structured_batches, load_celeba
 from .digits import load_two_domain, load_uci_digits
+from .faces import load_face_identities
 from .folder import IMAGE_EXTENSIONS, load_image_folder
+from .groundtruth import (
+    GroundTruthData,
+    GroundTruthDataset,
+    load_3dshapes,
+    load_cars3d,
+    load_ground_truth,
+    load_mpi3d,
+    load_smallnorb,
+)
+from .lazy import LazyImageDataset
 from .mnist import (
     load_bundled_mnist,
     load_mnist_idx,
@@ -34,6 +48,18 @@ from .samplers import (
 
 __all__ = [
     "ImageDataset",
+    "LazyImageDataset",
+    "load_celeba",
+    "celeba_structured_batches",
+    "CELEBA_ATTRIBUTES",
+    "load_face_identities",
+    "GroundTruthData",
+    "GroundTruthDataset",
+    "load_ground_truth",
+    "load_3dshapes",
+    "load_mpi3d",
+    "load_smallnorb",
+    "load_cars3d",
     "load_dataset",
     "DATASETS",
     "load_bundled_mnist",
@@ -99,17 +125,80 @@ def _folder(split, root, binarize, **kw):
     return _maybe_binarize(load_image_folder(_need_root("folder", root), **kw), binarize)
 
 
-# --- dsprites: registered here, implemented in pyro_groupvae/data/dsprites.py (owned by someone else). ---
-# The import is lazy so that the rest of the registry works while that module does not exist.
+def _celeba(split, root, binarize, **kw):
+    split = {"valid": "val"}.get(split, split)
+    return _maybe_binarize(load_celeba(_need_root("celeba", root), split=split, **kw), binarize)
+
+
+def _faces(split, root, binarize, **kw):
+    return _maybe_binarize(load_face_identities(_need_root("faces", root), split=split, **kw), binarize)
+
+
+def _ground_truth(loader, name, official_splits=False):
+    """Training view of a ground-truth benchmark: ``n`` (random subset), ``seed``, ``label_factor`` select the
+    rows and the label; other keywords go to the loader (``size``, ``cache``, ``verify``, ...)."""
+
+    def load(split, root, binarize, n=None, seed=0, label_factor=None, **kw):
+        root = _need_root(name, root)
+        if official_splits:  # SmallNORB: the official training / testing files
+            if split not in ("train", "test", "all"):
+                raise ValueError(f"dataset {name!r} has splits 'train', 'test' and 'all', got {split!r}")
+            data, split = loader(root, split=split, **kw), "all"
+        else:
+            data = loader(root, **kw)
+        ds = data.as_dataset(split, n=n, seed=seed, label_factor=label_factor)
+        return _maybe_binarize(ds, binarize)
+
+    return load
+
+
+def _domains(split, root, binarize, domains=None, **kw):
+    """Several datasets as the domains of one (UG-VAE's domain alignment, fig. 5: CelebA + a 3D-faces folder).
+
+    ``domains``: a list of ``[name, root, {loader keywords}]`` (e.g. from ``--dataset-options``); every part is
+    loaded with ``split`` and the same ``kw`` (e.g. ``size``); the label and ``extras["domain"]`` are the part.
+    """
+    from .lazy import concat_datasets
+
+    if not domains or len(domains) < 2:
+        raise ValueError("dataset 'domains' needs domains=[[name, root, {options}], ...] with at least two parts, e.g. "
+                         "--dataset-options '{\"domains\": [[\"celeba\", \"~/celeba\", {\"group_by\": \"none\"}], "
+                         "[\"folder\", \"~/faces3d\", {}]]}'")
+    parts = []
+    for spec in domains:
+        name, part_root, opts = (list(spec) + [{}])[:3]
+        if name == "domains":
+            raise ValueError("dataset 'domains' cannot contain itself")
+        part_split = "train" if name == "folder" and split == "all" else split
+        parts.append(load_dataset(name, part_split, root=part_root, binarize=binarize, **{**kw, **(opts or {})}))
+    if not all(isinstance(p, LazyImageDataset) for p in parts):
+        parts = [p if isinstance(p, LazyImageDataset) else _in_memory_as_lazy(p) for p in parts]
+    return concat_datasets(parts)
+
+
+def _in_memory_as_lazy(ds):
+    """An in-memory ImageDataset wrapped as a LazyImageDataset (for mixing with file-based parts)."""
+    import numpy as np
+
+    from .lazy import ArrayReader
+
+    arr = (ds.x.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).contiguous().numpy()
+    reader = ArrayReader(_Const(arr), arr.shape, None, name=ds.name)
+    return LazyImageDataset(reader, ds.y, name=ds.name, extras={k: v for k, v in ds.extras.items()
+                                                                  if not (hasattr(v, "shape") and len(v) == len(ds))})
+
+
+class _Const:
+    def __init__(self, value):
+        self.value = value
+
+    def __call__(self):
+        return self.value
+
+
+# --- dsprites: implemented in pyro_groupvae/data/dsprites/ (imported on first use: rendering setup is not free) ---
 def _dsprites(split, root, binarize, **kw):
-    try:
-        from .dsprites import load_dsprites
-    except ModuleNotFoundError as e:
-        if e.name != __name__ + ".dsprites":
-            raise
-        raise ImportError(
-            "dataset 'dsprites' is registered but its loader pyro_groupvae/data/dsprites.py is not available"
-        ) from e
+    from .dsprites import load_dsprites
 
     return _maybe_binarize(load_dsprites(split=split, root=root, **kw), binarize)
 
@@ -123,7 +212,14 @@ DATASETS: Dict[str, Callable[..., ImageDataset]] = {
     "mnist+uci": _two_domain,  # bundled MNIST + UCI digits, extras["domain"]
     "mnist32": _mnist32,  # bundled MNIST zero-padded to 32x32
     "folder": _folder,  # root/<group>/<images> (kw: size=64, channels=3)
-    "dsprites": _dsprites,  # <-- dSprites slot: lazy import of .dsprites.load_dsprites
+    "dsprites": _dsprites,
+    "celeba": _celeba,  # official CelebA layout under root (kw: group_by, structured_by, size, crop, cache)
+    "faces": _faces,  # root/<identity>/<images>, identity-disjoint train/val/test (kw: size, min_images)
+    "3dshapes": _ground_truth(load_3dshapes, "3dshapes"),  # 3dshapes.h5 (kw: n, seed, label_factor, cache)
+    "mpi3d": _ground_truth(load_mpi3d, "mpi3d"),  # mpi3d_<variant>.npz (kw: variant, n, seed, label_factor)
+    "smallnorb": _ground_truth(load_smallnorb, "smallnorb", official_splits=True),  # NORB .mat files (kw: size)
+    "cars3d": _ground_truth(load_cars3d, "cars3d"),  # cars/car_*_mesh.mat or cars3d.npz (kw: size)
+    "domains": _domains,  # several datasets as domains (kw: domains=[[name, root, {options}], ...])
 }
 
 
@@ -131,8 +227,10 @@ def load_dataset(name: str, split: str = "train", root=None, binarize: bool = Fa
     """Load a dataset by name.
 
     :param str name: one of ``"mnist"`` (bundled), ``"mnist-idx"`` and ``"fashion-mnist"`` (IDX files under
-        ``root``), ``"uci-digits"``, ``"mnist+uci"``, ``"mnist32"``, ``"folder"`` (``root/<group>/<images>``)
-        and ``"dsprites"``.
+        ``root``), ``"uci-digits"``, ``"mnist+uci"``, ``"mnist32"``, ``"folder"`` (``root/<group>/<images>``),
+        ``"dsprites"``, ``"celeba"``, ``"faces"`` (one folder per identity), ``"3dshapes"``, ``"mpi3d"``,
+        ``"smallnorb"``, ``"cars3d"`` (see docs/datasets/). Image datasets read from files (folder, celeba, faces
+        and the ground-truth benchmarks) are lazy :class:`LazyImageDataset` s.
     :param str split: ``"train"``, ``"val"``, ``"test"`` or ``"all"`` (IDX sets: ``"train"``, ``"test"``,
         ``"all"``; ``"folder"``: the whole folder for ``"train"`` or ``"all"``).
     :param root: data folder, for the datasets that read files.
@@ -145,4 +243,8 @@ def load_dataset(name: str, split: str = "train", root=None, binarize: bool = Fa
         loader = DATASETS[name]
     except (KeyError, TypeError):
         raise ValueError(f"unknown dataset {name!r}; known datasets: {', '.join(sorted(DATASETS))}") from None
+    if isinstance(root, str):
+        import os
+
+        root = os.path.expanduser(root)
     return loader(split, root, binarize, **kw)

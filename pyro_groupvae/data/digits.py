@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from .base import ImageDataset
-from .mnist import _check_split, load_bundled_mnist, stratified_split_indices
+from .mnist import check_split, load_bundled_mnist, stratified_split_indices
 
 __all__ = ["load_uci_digits", "load_two_domain"]
 
@@ -47,7 +47,7 @@ def load_uci_digits(split: str = "train", size: int = 28) -> ImageDataset:
     :param int size: output height and width (``8`` keeps the original resolution).
     :return: :class:`ImageDataset` ``(N, 1, size, size)``, name ``"uci-digits"``.
     """
-    _check_split(split)
+    check_split(split)
     size = int(size)
     if size < 1:
         raise ValueError(f"size must be a positive integer, got {size}")
@@ -68,7 +68,7 @@ def load_two_domain(split: str = "train", binarize: bool = False) -> ImageDatase
     :return: :class:`ImageDataset` ``(N, 1, 28, 28)`` with ``y`` = digit label and ``extras["domain"]`` an int64
         tensor, 0 for MNIST rows and 1 for UCI rows; name ``"mnist+uci"``.
     """
-    _check_split(split)
+    check_split(split)
     a = load_bundled_mnist(split)
     b = load_uci_digits(split, size=28)
     domain = torch.cat([torch.zeros(len(a), dtype=torch.long), torch.ones(len(b), dtype=torch.long)])

@@ -18,6 +18,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..errors import ConfigError, DataError, InputError, MissingDataError
+from ..validation import check_label_set
 from .base import ImageDataset
 
 __all__ = [
@@ -38,9 +40,9 @@ SPLITS = ("train", "val", "test", "all")
 # ----------------------------------------------------------------------------------------------------------
 
 
-def _check_split(split: str, allowed: Sequence[str] = SPLITS) -> str:
+def check_split(split: str, allowed: Sequence[str] = SPLITS) -> str:
     if split not in allowed:
-        raise ValueError(f"unknown split {split!r}; expected one of {list(allowed)}")
+        raise ConfigError(f"unknown split {split!r}; expected one of {list(allowed)}")
     return split
 
 
@@ -62,7 +64,7 @@ def stratified_split_indices(
     labels = torch.as_tensor(np.array(labels, copy=True)).long().reshape(-1)
     f_train, f_val, f_test = (float(f) for f in fractions)
     if min(f_train, f_val, f_test) < 0 or abs(f_train + f_val + f_test - 1.0) > 1e-6:
-        raise ValueError(f"fractions must be non-negative and sum to 1, got {fractions}")
+        raise ConfigError(f"fractions must be non-negative and sum to 1, got {fractions}")
     parts = {"train": [], "val": [], "test": []}
     for value in torch.unique(labels).tolist():
         rows = torch.nonzero(labels == value, as_tuple=True)[0]
@@ -120,7 +122,7 @@ def load_bundled_mnist(split: str = "train", binarize: bool = False) -> ImageDat
     :return: :class:`ImageDataset` with ``x`` float32 ``(N, 1, 28, 28)`` in ``[0, 1]``, ``y`` the digit,
         name ``"mnist"`` (``"mnist-bin"`` when binarised).
     """
-    _check_split(split)
+    check_split(split)
     X, y = _bundled_mnist_arrays()
     idx = _bundled_mnist_split()[split].numpy()
     x = torch.from_numpy(X[idx].astype(np.float32) / 255.0).reshape(-1, 1, 28, 28)
@@ -163,57 +165,61 @@ def read_idx(path, expected_ndim: int | None = None, expected_dtype=None) -> np.
     :param int expected_ndim: if given, the number of dimensions the file must have.
     :param expected_dtype: if given, the numpy dtype the file must hold (e.g. ``np.uint8``).
     :return: a numpy array in native byte order with the shape stored in the file.
-    :raises FileNotFoundError: if the file does not exist.
-    :raises ValueError: bad magic number, unknown or unexpected type code, unexpected number of dimensions,
+    :raises MissingDataError: (a ``FileNotFoundError``) if the file does not exist.
+    :raises DataError: (a ``ValueError``) empty file, bad magic number, unknown or unexpected type code,
+        unexpected number of dimensions,
         truncated file or trailing data; the message names the file.
     """
     path = os.fspath(path)
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"IDX file not found: {path}")
+        raise MissingDataError(f"IDX file not found: {path}")
     try:
         with _open_maybe_gz(path) as f:
             data = f.read()
     except (OSError, EOFError, zlib.error) as e:  # corrupt / truncated gzip stream
-        raise ValueError(f"IDX file {path}: corrupt or truncated gzip data ({e})") from e
+        raise DataError(f"IDX file {path}: corrupt or truncated gzip data ({e})") from e
+    if len(data) == 0:
+        raise DataError(f"IDX file {path} is empty (0 bytes): the download or copy was interrupted; fetch the file "
+                        "again")
     if len(data) < 4:
-        raise ValueError(f"IDX file {path} is truncated: only {len(data)} bytes, the 4-byte header is incomplete")
+        raise DataError(f"IDX file {path} is truncated: only {len(data)} bytes, the 4-byte header is incomplete")
     zero0, zero1, code, ndim = data[0], data[1], data[2], data[3]
     if zero0 != 0 or zero1 != 0:
-        raise ValueError(
+        raise DataError(
             f"IDX file {path} has a bad magic number 0x{data[:4].hex()} (the first two bytes must be zero); "
             "is this really an IDX file?"
         )
     if code not in _IDX_DTYPES:
-        raise ValueError(
+        raise DataError(
             f"IDX file {path} has an unknown data type code 0x{code:02x}; "
             f"expected one of {', '.join(f'0x{c:02x}' for c in _IDX_DTYPES)}"
         )
     dtype = _IDX_DTYPES[code]
     if expected_dtype is not None and dtype.newbyteorder("=") != np.dtype(expected_dtype).newbyteorder("="):
-        raise ValueError(
+        raise DataError(
             f"IDX file {path} has data type code 0x{code:02x} ({dtype.newbyteorder('=').name}), "
             f"expected {np.dtype(expected_dtype).name}"
         )
     if expected_ndim is not None and ndim != expected_ndim:
-        raise ValueError(f"IDX file {path} has {ndim} dimension(s), expected {expected_ndim}")
+        raise DataError(f"IDX file {path} has {ndim} dimension(s), expected {expected_ndim}")
     header_len = 4 + 4 * ndim
     if len(data) < header_len:
-        raise ValueError(
+        raise DataError(
             f"IDX file {path} is truncated: the header declares {ndim} dimensions "
             f"({header_len} bytes) but the file has only {len(data)} bytes"
         )
     shape = struct.unpack(f">{ndim}i", data[4:header_len]) if ndim else ()
     if any(s < 0 for s in shape):
-        raise ValueError(f"IDX file {path} declares a negative dimension {shape}")
+        raise DataError(f"IDX file {path} declares a negative dimension {shape}")
     n_bytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
     available = len(data) - header_len
     if available < n_bytes:
-        raise ValueError(
+        raise DataError(
             f"IDX file {path} is truncated: shape {tuple(shape)} needs {n_bytes} data bytes, "
             f"only {available} present"
         )
     if available > n_bytes:
-        raise ValueError(
+        raise DataError(
             f"IDX file {path} has {available - n_bytes} unexpected trailing bytes after the data of shape "
             f"{tuple(shape)}"
         )
@@ -233,9 +239,10 @@ def write_idx(path, array) -> None:
             code = c
             break
     if code is None:
-        raise ValueError(f"write_idx: unsupported dtype {array.dtype}")
+        raise InputError(f"write_idx: unsupported dtype {array.dtype}; use uint8, int8, int16, int32, float32 or "
+                         "float64")
     if array.ndim > 255:
-        raise ValueError("write_idx: too many dimensions")
+        raise InputError("write_idx: too many dimensions (at most 255)")
     payload = bytes([0, 0, code, array.ndim]) + struct.pack(f">{array.ndim}i", *array.shape)
     payload += np.ascontiguousarray(array, dtype=_IDX_DTYPES[code]).tobytes()
     path = os.fspath(path)
@@ -249,6 +256,8 @@ def write_idx(path, array) -> None:
 # ----------------------------------------------------------------------------------------------------------
 
 _KIND_SUBDIR = {"mnist": "MNIST", "fashion-mnist": "FashionMNIST"}
+#: classes each IDX dataset declares (labels outside ``0..n-1`` are refused)
+NUM_CLASSES = {"mnist": 10, "fashion-mnist": 10}
 _SPLIT_PREFIX = {"train": "train", "test": "t10k"}
 
 
@@ -304,14 +313,17 @@ def load_mnist_idx(
     :param bool download: if the files are missing, download them into ``root`` with torchvision (which
         must be importable; otherwise an :class:`ImportError` explains the alternatives).
     :return: :class:`ImageDataset` ``(N, 1, 28, 28)`` in ``[0, 1]``, name ``kind``.
-    :raises FileNotFoundError: the files are missing (and ``download`` is false); lists the paths tried.
-    :raises ValueError: unknown split/kind, corrupt files, or images and labels of different lengths.
+    :raises MissingDataError: (a ``FileNotFoundError``) the files are missing (and ``download`` is false); lists
+        the paths tried.
+    :raises ConfigError: unknown split/kind.
+    :raises DataError: corrupt or empty files, images and labels of different lengths, or labels outside the
+        dataset's 10 classes (the message lists the offending values).
     """
     if kind not in _KIND_SUBDIR:
-        raise ValueError(f"unknown kind {kind!r}; expected one of {list(_KIND_SUBDIR)}")
-    _check_split(split, ("train", "test", "all"))
+        raise ConfigError(f"unknown kind {kind!r}; expected one of {list(_KIND_SUBDIR)}")
+    check_split(split, ("train", "test", "all"))
     if root is None:
-        raise ValueError(f"load_mnist_idx needs `root`, a folder holding the {kind} IDX files")
+        raise ConfigError(f"load_mnist_idx needs `root`, a folder holding the {kind} IDX files (--data-root)")
     root = os.fspath(root)
     if split == "all":
         parts = [load_mnist_idx(root, s, kind, binarize, download) for s in ("train", "test")]
@@ -332,7 +344,7 @@ def load_mnist_idx(
         (img_path, lab_path), looked = locate()
     if img_path is None or lab_path is None:
         missing = [n for n, p in zip(names, (img_path, lab_path)) if p is None]
-        raise FileNotFoundError(
+        raise MissingDataError(
             f"{kind} {split} split: cannot find {', '.join(missing)} (plain or .gz) under {root!r}. Looked for:\n  "
             + "\n  ".join(looked)
             + "\nPass download=True (needs torchvision) or point root at a folder with the IDX files."
@@ -340,9 +352,13 @@ def load_mnist_idx(
     images = read_idx(img_path, expected_ndim=3, expected_dtype=np.uint8)
     labels = read_idx(lab_path, expected_ndim=1, expected_dtype=np.uint8)
     if images.shape[0] != labels.shape[0]:
-        raise ValueError(
+        raise DataError(
             f"{img_path} holds {images.shape[0]} images but {lab_path} holds {labels.shape[0]} labels"
         )
+    if images.shape[0] == 0:
+        raise DataError(f"{img_path} holds no images (shape {tuple(images.shape)}): fetch the file again")
+    # a stray label must not silently add classes (e.g. one 200 would make a 201-class model)
+    check_label_set(labels, NUM_CLASSES[kind], source=f"{lab_path} ({kind}, {NUM_CLASSES[kind]} classes)")
     x = torch.from_numpy(images.astype(np.float32) / 255.0).unsqueeze(1)
     y = torch.from_numpy(labels.astype(np.int64))
     ds = ImageDataset(x, y, kind, {})
@@ -362,5 +378,5 @@ def mnist32(ds: ImageDataset) -> ImageDataset:
         ``ds.name + "32"`` (e.g. ``"mnist32"``).
     """
     if tuple(ds.x.shape[-2:]) != (28, 28):
-        raise ValueError(f"mnist32 expects 28x28 images, got {tuple(ds.x.shape[-2:])}")
+        raise InputError(f"mnist32 expects 28x28 images, got {tuple(ds.x.shape[-2:])}")
     return ImageDataset(F.pad(ds.x, (2, 2, 2, 2)), ds.y, ds.name + "32", dict(ds.extras))

@@ -106,10 +106,94 @@ def _make_batch(groups: Sequence[torch.Tensor]) -> GroupBatch:
 
 
 class _EpochState:
-    """Epoch counter shared by the samplers (``state_dict`` / ``load_state_dict`` / ``set_epoch``)."""
+    """Epoch counter and distributed sharding shared by the samplers (``state_dict`` / ``load_state_dict`` /
+    ``set_epoch`` / ``set_distributed``).
+
+    **Distributed data parallel.** With ``W`` processes (ranks) every rank builds the same sampler with the same
+    seed, so all ranks draw the same *global* batches each epoch; rank ``r`` keeps its share of every global
+    batch's groups (``numpy.array_split`` order: contiguous, as even as possible, disjoint across ranks). The
+    global batch size is therefore unchanged by the number of processes (``batch_groups`` groups per step in all),
+    which is what makes ``W`` ranks x ``B/W`` groups the same step as 1 rank x ``B`` groups (the training plan
+    scales the per-rank loss by ``W`` to undo DDP's gradient averaging). A global batch with fewer than ``W``
+    groups (the last, smaller one) is dropped on every rank when :attr:`drop_uneven` (training: DDP needs the
+    same number of steps on every rank), otherwise the ranks without a group skip it (validation).
+    A sampler whose batches have fewer groups than there are ranks (``RandomBatchSampler`` with one batch per step:
+    N-VAE, HF-VAE) deals its batches out whole instead: rank ``r`` takes batches ``r, r + W, ...``, so one
+    distributed step covers ``W`` batches (as ``W`` batches per step would on one process).
+    Rank and world size come from :meth:`set_distributed`, else from ``torch.distributed`` when it is
+    initialised, else ``(0, 1)``.
+    """
 
     seed: int
     epoch: int
+    rank: Optional[int] = None
+    num_replicas: Optional[int] = None
+    drop_uneven: bool = True
+
+    def set_distributed(self, rank: int, num_replicas: int, drop_uneven: Optional[bool] = None) -> None:
+        """Shard the batches for rank ``rank`` of ``num_replicas`` processes (``(0, 1)``: no sharding)."""
+        num_replicas = _check_positive_int("num_replicas", num_replicas)
+        if not 0 <= int(rank) < num_replicas:
+            raise ValueError(f"rank must be in 0..{num_replicas - 1}, got {rank}")
+        self.rank, self.num_replicas = int(rank), num_replicas
+        if drop_uneven is not None:
+            self.drop_uneven = bool(drop_uneven)
+
+    def _replica(self) -> Tuple[int, int]:
+        if self.num_replicas is not None:
+            return self.rank, self.num_replicas
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            return torch.distributed.get_rank(), torch.distributed.get_world_size()
+        return 0, 1
+
+    def _batch_group_counts(self) -> List[int]:
+        """Number of groups of every (global) batch of an epoch."""
+        raise NotImplementedError
+
+    def _share(self, num_groups: int) -> Tuple[int, int]:
+        """``(first group, number of groups)`` of this rank in a global batch of ``num_groups`` groups."""
+        rank, world = self._replica()
+        q, r = divmod(num_groups, world)
+        return rank * q + min(rank, r), q + (1 if rank < r else 0)
+
+    def _whole_batches(self, counts: List[int], world: int) -> bool:
+        """Batches of fewer groups than ranks (e.g. one group per step) are dealt out whole, in turn."""
+        return bool(counts) and counts[0] < world
+
+    def _local_len(self, counts: List[int]) -> int:
+        rank, world = self._replica()
+        if world == 1:
+            return len(counts)
+        if self._whole_batches(counts, world):
+            n = len(counts) // world * world if self.drop_uneven else len(counts)
+            return len(range(rank, n, world))
+        if self.drop_uneven:
+            return sum(1 for g in counts if g >= world)
+        return sum(1 for g in counts if self._share(g)[1] > 0)
+
+    def _shard(self, batches: Iterator[GroupBatch]) -> Iterator[GroupBatch]:
+        rank, world = self._replica()
+        if world == 1:
+            yield from batches
+            return
+        counts = self._batch_group_counts()
+        if self._whole_batches(counts, world):
+            n = len(counts) // world * world if self.drop_uneven else len(counts)
+            for k, batch in enumerate(batches):
+                if k >= n:
+                    break
+                if k % world == rank:
+                    yield batch
+            return
+        for batch in batches:
+            if batch.num_groups < world and self.drop_uneven:
+                continue
+            first, size = self._share(batch.num_groups)
+            if size == 0:
+                continue
+            bounds = torch.searchsorted(batch.group_index, torch.tensor([first, first + size]))
+            lo, hi = int(bounds[0]), int(bounds[1])
+            yield GroupBatch(batch.indices[lo:hi], batch.group_index[lo:hi] - first, size)
 
     def set_epoch(self, epoch: int) -> None:
         """Make the next ``iter(self)`` produce epoch ``epoch``."""
@@ -234,10 +318,21 @@ class GroupBatchSampler(_EpochState):
         """Number of distinct label values."""
         return len(self._rows)
 
-    def __len__(self) -> int:
-        """Number of batches per epoch (exact: the number of groups per epoch does not vary)."""
+    @property
+    def num_rows(self) -> int:
+        """Number of dataset rows the sampler indexes (the length of ``labels``)."""
+        return int(self.labels.numel())
+
+    def _batch_group_counts(self) -> List[int]:
         g, b = self.num_groups_per_epoch, self.batch_groups
-        return g // b if self.drop_last else -(-g // b)
+        counts = [b] * (g // b)
+        if g % b and not self.drop_last:
+            counts.append(g % b)
+        return counts
+
+    def __len__(self) -> int:
+        """Number of batches per epoch on this rank (exact: the number of groups per epoch does not vary)."""
+        return self._local_len(self._batch_group_counts())
 
     def _epoch_groups(self, gen: torch.Generator):
         """Groups of this epoch: a ``(G, k)`` LongTensor (fixed size) or a list of LongTensors."""
@@ -263,11 +358,11 @@ class GroupBatchSampler(_EpochState):
         groups = self._epoch_groups(gen)
         g = self.num_groups_per_epoch
         order = torch.randperm(g, generator=gen) if self.shuffle else torch.arange(g)
-        return self._batches(groups, order)
+        return self._shard(self._batches(groups, order))
 
     def _batches(self, groups, order: torch.Tensor) -> Iterator[GroupBatch]:
         b = self.batch_groups
-        for start in range(0, len(self) * b, b):
+        for start in range(0, len(self._batch_group_counts()) * b, b):
             sel = order[start : start + b]
             if torch.is_tensor(groups):  # fixed size: (G, k)
                 block = groups[sel]
@@ -329,21 +424,33 @@ class RandomBatchSampler(_EpochState):
         n, b = self.num_items, self.batch_size
         return n // b if self.drop_last else -(-n // b)
 
-    def __len__(self) -> int:
-        """Steps per epoch."""
+    @property
+    def num_rows(self) -> int:
+        """Number of dataset rows the sampler indexes (``num_items``)."""
+        return self.num_items
+
+    def _num_steps(self) -> int:
         nb, s = self.num_batches, self.batches_per_step
         return nb // s if self.drop_last else -(-nb // s)
+
+    def _batch_group_counts(self) -> List[int]:
+        nb, s = self.num_batches, self.batches_per_step
+        return [min(s, nb - i * s) for i in range(self._num_steps())]
+
+    def __len__(self) -> int:
+        """Steps per epoch on this rank."""
+        return self._local_len(self._batch_group_counts())
 
     def __iter__(self) -> Iterator[GroupBatch]:
         gen = self._next_generator()
         perm = torch.randperm(self.num_items, generator=gen) if self.shuffle else torch.arange(self.num_items)
-        return self._steps(perm)
+        return self._shard(self._steps(perm))
 
     def _steps(self, perm: torch.Tensor) -> Iterator[GroupBatch]:
         bs, s = self.batch_size, self.batches_per_step
         rows_per_step = bs * s
         n_used = min(self.num_batches * bs, self.num_items)
-        for step in range(len(self)):
+        for step in range(self._num_steps()):
             start = step * rows_per_step
             idx = perm[start : min(start + rows_per_step, n_used)]
             group_index = torch.arange(idx.numel()) // bs
@@ -426,6 +533,7 @@ class DomainMixedBatchSampler(_EpochState):
 
     def __init__(self, domains, batch_size, batches_per_step=1, seed=0):
         domains = torch.as_tensor(domains).long().cpu()
+        self._num_rows = int(domains.numel())
         self.values = torch.unique(domains)
         self.batch_size = _check_positive_int("batch_size", batch_size)
         self.batches_per_step = _check_positive_int("batches_per_step", batches_per_step)
@@ -442,10 +550,21 @@ class DomainMixedBatchSampler(_EpochState):
             raise ValueError("fewer batches per epoch than batches_per_step")
         self.seed, self.epoch = int(seed), 0
 
+    @property
+    def num_rows(self) -> int:
+        """Number of dataset rows the sampler indexes (the length of ``domains``)."""
+        return self._num_rows
+
+    def _batch_group_counts(self) -> List[int]:
+        return [self.batches_per_step] * (self.num_batches // self.batches_per_step)
+
     def __len__(self):
-        return self.num_batches // self.batches_per_step
+        return self._local_len(self._batch_group_counts())
 
     def __iter__(self):
+        return self._shard(self._mixed_steps())
+
+    def _mixed_steps(self):
         gen = self._next_generator()
         need = self.num_batches * self.per_domain
         streams = []
@@ -455,6 +574,6 @@ class DomainMixedBatchSampler(_EpochState):
         blocks = torch.stack([s.view(self.num_batches, self.per_domain) for s in streams], 1)  # (nb, D, per)
         blocks = blocks.reshape(self.num_batches, self.batch_size)
         s = self.batches_per_step
-        for step in range(len(self)):
+        for step in range(self.num_batches // s):
             idx = blocks[step * s:(step + 1) * s].reshape(-1)
             yield GroupBatch(idx, torch.arange(s).repeat_interleave(self.batch_size), s)

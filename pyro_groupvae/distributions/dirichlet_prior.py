@@ -59,9 +59,10 @@ class DirichletClassPrior(TorchDistribution):
 
     def __init__(self, alpha_p, counts, validate_args=None):
         counts = torch.as_tensor(counts, dtype=torch.get_default_dtype()) if not torch.is_tensor(counts) else counts
-        if counts.dim() < 1 or counts.shape[-1] < 2:
+        if not torch.jit.is_tracing() and (counts.dim() < 1 or counts.shape[-1] < 2):
             raise ValueError(f"counts must have shape (..., L) with L >= 2 classes, got {tuple(counts.shape)}")
-        alpha_p = torch.as_tensor(alpha_p, dtype=counts.dtype, device=counts.device)
+        alpha_p = alpha_p.to(counts) if torch.is_tensor(alpha_p) else \
+            torch.full((), float(alpha_p), dtype=counts.dtype, device=counts.device)
         batch_shape = torch.broadcast_shapes(alpha_p.shape, counts.shape[:-1])
         self.alpha_p = alpha_p.expand(batch_shape)
         self.counts = counts.expand(batch_shape + counts.shape[-1:])
@@ -69,23 +70,24 @@ class DirichletClassPrior(TorchDistribution):
 
     # ------------------------------------------------------------------ constructors
     @classmethod
-    def symmetric(cls, alpha_p, num_classes, device=None, validate_args=None):
-        """The prior ``Dir(alpha_p 1_L)`` (no observed labels)."""
+    def symmetric(cls, alpha_p, num_classes, device=None, validate_args=None, dtype=None):
+        """The prior ``Dir(alpha_p 1_L)`` (no observed labels), in ``dtype`` (default: torch's default dtype)."""
         if int(num_classes) < 2:
             raise ValueError(f"num_classes must be >= 2, got {num_classes}")
-        return cls(alpha_p, torch.zeros(int(num_classes), device=device), validate_args=validate_args)
+        return cls(alpha_p, torch.zeros(int(num_classes), device=device, dtype=dtype), validate_args=validate_args)
 
-    def update(self, y):
+    def update(self, y, check=True):
         """Conjugate posterior after one label per batch element: ``Dir(alpha_p + counts + c_y)``.
 
         ``y`` (integer tensor) broadcasts with the batch shape; its shape may carry extra leading dimensions
-        (e.g. Pyro's enumeration dimension).
+        (e.g. Pyro's enumeration dimension). ``check=False`` skips the range check (a host sync; also skipped
+        while JIT-tracing).
         """
-        y = torch.as_tensor(y, device=self.counts.device)
+        y = y.to(self.counts.device) if torch.is_tensor(y) else torch.as_tensor(y, device=self.counts.device)
         if y.dtype.is_floating_point or y.dtype == torch.bool:
             raise ValueError(f"y must hold integer class labels, got dtype {y.dtype}")
         num_classes = self.num_classes
-        if y.numel() and (int(y.min()) < 0 or int(y.max()) >= num_classes):
+        if check and not torch.jit.is_tracing() and y.numel() and (int(y.min()) < 0 or int(y.max()) >= num_classes):
             raise ValueError(f"labels must lie in 0..{num_classes - 1}, got min {int(y.min())}, max {int(y.max())}")
         c_y = torch.nn.functional.one_hot(y.long(), num_classes).to(self.counts.dtype)
         return DirichletClassPrior(self.alpha_p, self.counts + c_y, validate_args=self._validate_args)

@@ -16,13 +16,10 @@ def amortized_elbo(model, x, group_ids=None, num_particles=10):
     """
     gi, g = group_index_from_ids(group_ids, x.shape[0], x.device)
     elbo = pyro.infer.Trace_ELBO(num_particles=num_particles, vectorize_particles=True)
-    was = model.training
-    model.eval()
     t0 = time.perf_counter()
-    with torch.no_grad():
+    with model.eval_mode(), torch.no_grad():
         loss = elbo.loss(model.model, model.guide, x, gi, g)
     seconds = time.perf_counter() - t0
-    model.train(was)
     return -loss / x.shape[0], seconds
 
 

@@ -17,7 +17,7 @@ import math
 import numpy as np
 import torch
 from torch import nn
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 from ..validation import check_labels
 
@@ -40,7 +40,8 @@ def kl_per_dimension(model, x, y, batch_size=500):
     counts = torch.zeros(L)
     for start in range(0, x.shape[0], batch_size):
         xb, yb = x[start:start + batch_size].to(dev), y[start:start + batch_size]
-        z_c, z_s, _ = model.encode(xb)
+        post = model.encode(xb)
+        z_c, z_s = post["z_c"], post["z_s"]
         kl = lambda q: 0.5 * (q.variance + q.mean.pow(2) - 1 - q.variance.log())  # noqa: E731
         kc, ks = kl(z_c).cpu(), kl(z_s).cpu()  # (n, L, Dc), (n, Ds)
         sums_s += ks.sum(0)
@@ -128,16 +129,6 @@ def augmentation_experiment(generators, train, test, probs=(0.4, 1.0), sigmas=(1
             out["settings"].append({"model": name, "p": p, "sigma": sigma, **row})
     bar.close()
     return out
-
-
-def augmentation_table(result):
-    """Markdown table of :func:`augmentation_experiment`'s result (test error in %, mean ± std over seeds)."""
-    b = result["baseline"]
-    lines = ["| model | p | sigma | test error % (mean ± std) |", "|---|---|---|---|",
-             f"| no augmentation | 0 | - | {100 * b['mean']:.2f} ± {100 * b['std']:.2f} |"]
-    for r in result["settings"]:
-        lines.append(f"| {r['model']} | {r['p']} | {r['sigma']} | {100 * r['mean']:.2f} ± {100 * r['std']:.2f} |")
-    return "\n".join(lines)
 
 
 def sigma_trend(result, model, p):

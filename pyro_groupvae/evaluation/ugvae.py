@@ -65,7 +65,7 @@ def global_posterior(model, x, group_index, num_groups, chunk_groups=64):
             q = model.encode_groups(xs, gi, stop - start)[0]
             loc, scale = q.loc, q.scale
         else:
-            content, _ = model.encode(xs, gi)
+            content = model.encode(xs, gi).get("content")
             if content is None:
                 raise ValueError(f"model {type(model).__name__} has no global latent")
             first = torch.zeros(stop - start, dtype=torch.long, device=device).scatter_(

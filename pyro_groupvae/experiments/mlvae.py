@@ -6,36 +6,24 @@ from pathlib import Path
 import torch
 
 from ..data import GroupBatchSampler
+from ..data.options import add_dataset_arguments
+from ..models.base import config_from_options
 from ..runs import Recipe, register_recipe
 
 
+#: the model options (``--content-dim``, ``--hidden``, ...) are generated from the model's config dataclass
+#: (:class:`~pyro_groupvae.models.MLVAEConfig`); here only the architecture's default differs: by image size
+CONFIG_DEFAULTS = {"architecture": None}
+
+
 def _add_shared(p):
-    p.add_argument("--likelihood", choices=["normal", "bernoulli"], default="normal")
-    p.add_argument("--architecture", choices=["mlp", "conv"], default=None,
-                   help="mlp (28x28 digits) or conv (64x64 images); default by image size")
-    p.add_argument("--hidden", type=int, default=500)
+    """Sampler and data options (the model's come from its config)."""
     p.add_argument("--batch-groups", type=int, default=16, help="groups per minibatch")
     p.add_argument("--group-size", type=int, default=16,
                    help="observations per group (0: whole label groups, see --max-group-size)")
     p.add_argument("--max-group-size", type=int, default=None,
                    help="with --group-size 0, subsample larger groups to this size (biased estimator)")
-    p.add_argument("--min-scale", type=float, default=0.05, help="floor of the Normal likelihood's std")
-
-
-def _add_mlvae_args(p):
-    _add_shared(p)
-    p.add_argument("--content-dim", type=int, default=10)
-    p.add_argument("--style-dim", type=int, default=10)
-    p.add_argument("--guide", choices=["amortized", "svi"], default="amortized")
-    p.add_argument("--group-posterior", choices=["product", "mixture"], default="product")
-    p.add_argument("--content-sample", choices=["group", "observation"], default="group")
-    p.add_argument("--style-beta", type=float, default=1.0,
-                   help="weight of the style KL (1 = the paper's ELBO; >1 pushes group information to the content)")
-
-
-def _add_vae_args(p):
-    _add_shared(p)
-    p.add_argument("--latent-dim", type=int, default=20)
+    add_dataset_arguments(p)
 
 
 def _architecture(opts, data):
@@ -52,19 +40,14 @@ def _sampler(opts, data, seed=0, shuffle=True):
 def _build_mlvae(opts, train, val):
     from ..models import MLVAE
 
-    svi = opts.get("guide", "amortized") == "svi"
+    svi = opts.get("guide") == "svi"
     if svi:
         # the SVI baseline keeps one content posterior per training group: whole label groups
         opts = {**opts, "group_size": 0}
-    model = MLVAE(image_shape=train.image_shape, content_dim=opts.get("content_dim", 10),
-                  style_dim=opts.get("style_dim", 10), likelihood=opts.get("likelihood", "normal"),
-                  architecture=_architecture(opts, train), hidden=opts.get("hidden", 500),
-                  group_posterior=opts.get("group_posterior", "product"),
-                  content_sample=opts.get("content_sample", "group"),
-                  guide_type=opts.get("guide", "amortized"),
-                  num_train_obs=len(train) if svi else None,
-                  num_train_groups=int(train.y.max()) + 1 if svi else None,
-                  min_scale=opts.get("min_scale", 0.05), style_beta=opts.get("style_beta", 1.0))
+    model = MLVAE(config_from_options(MLVAE.Config, opts, image_shape=train.image_shape,
+                                      architecture=_architecture(opts, train),
+                                      num_train_obs=len(train) if svi else None,
+                                      num_train_groups=int(train.y.max()) + 1 if svi else None))
     return {"model": model, "sampler": _sampler(opts, train),
             "val_sampler": None if (svi or val is None) else _sampler(opts, val, seed=1, shuffle=False)}
 
@@ -72,9 +55,8 @@ def _build_mlvae(opts, train, val):
 def _build_vae(opts, train, val):
     from ..models import VAE
 
-    model = VAE(image_shape=train.image_shape, latent_dim=opts.get("latent_dim", 20),
-                likelihood=opts.get("likelihood", "normal"), architecture=_architecture(opts, train),
-                hidden=opts.get("hidden", 500), min_scale=opts.get("min_scale", 0.05))
+    model = VAE(config_from_options(VAE.Config, opts, image_shape=train.image_shape,
+                                    architecture=_architecture(opts, train)))
     return {"model": model, "sampler": _sampler(opts, train),
             "val_sampler": None if val is None else _sampler(opts, val, seed=1, shuffle=False)}
 
@@ -108,10 +90,11 @@ def evaluate(model, config, run_dir, opts):
     from ..plots import line_plot
     from ..plots.mlvae import accumulation_grid, generation_grid, interpolation_grid, swapping_grid
     from ..runs import load_run
+    from .report import FigureWriter, md_table
 
     quick = bool(opts.get("quick"))
     seed = int(opts.get("seed") or 0)
-    fig = Path(run_dir) / "figures"
+    save = FigureWriter(Path(run_dir) / "figures")
     device = model.device
     test = _test_data(config).to(device)
     ks = [1, 2, 5] if quick else list(range(1, 11))
@@ -127,16 +110,19 @@ def evaluate(model, config, run_dir, opts):
         "content_entropy_bits_k1": clf["content_entropy_bits"][0],
         "content_entropy_bits_kmax": clf["content_entropy_bits"][-1],
         "style_accuracy": clf["style_accuracy"], "style_entropy_bits": clf["style_entropy_bits"],
+        "style_linear_accuracy": clf["style_linear_accuracy"], "style_knn_accuracy": clf["style_knn_accuracy"],
+        "style_sample_probe_accuracy": clf["style_sample_probe_accuracy"],
         "kmax": ks[-1], "curves": {k: v for k, v in clf.items() if k != "trials"}}}
-    name = "VAE (accumulated z)" if model.name == "vae" else "ML-VAE content"
+    separate_style = "content" in model.latent_sites  # ML-VAE; the VAE baseline has one latent z
+    name = "ML-VAE content" if separate_style else "VAE (accumulated z)"
     acc = {name: (ks, clf["content_accuracy"])}
     ent = {name: (ks, clf["content_entropy_bits"])}
     err_a, err_e = {name: clf["content_accuracy_std"]}, {name: clf["content_entropy_bits_std"]}
-    if model.name != "vae":
+    if separate_style:
         acc["ML-VAE style"] = (ks, [clf["style_accuracy"]] * len(ks))
         ent["ML-VAE style"] = (ks, [clf["style_entropy_bits"]] * len(ks))
     if opts.get("baseline"):
-        base = load_run(opts["baseline"], device)
+        base = load_run(opts["baseline"], device).model
         torch.manual_seed(seed)
         bclf = accumulation_classification(base, test.x, test.y, ks=ks, K=K, trials=trials, seed=seed,
                                            classifier_steps=steps)
@@ -145,47 +131,49 @@ def evaluate(model, config, run_dir, opts):
                                "curves": {k: v for k, v in bclf.items() if k != "trials"}}
         acc["VAE (accumulated z)"] = (ks, bclf["content_accuracy"])
         ent["VAE (accumulated z)"] = (ks, bclf["content_entropy_bits"])
-    line_plot(acc, fig / "classification_accuracy.png", "k (images accumulated at test)", "accuracy",
-              "classification from latent features (fig. 6c)", errors=err_a)
-    line_plot(ent, fig / "conditional_entropy.png", "k (images accumulated at test)", "H(class | features), bits",
-              "conditional entropy upper bound (fig. 6c)", errors=err_e)
+    fig_acc = save(line_plot(acc, "k (images accumulated at test)", "accuracy",
+                             "classification from latent features (fig. 6c)", errors=err_a),
+                   "classification_accuracy.png", "accuracy")
+    fig_ent = save(line_plot(ent, "k (images accumulated at test)", "H(class | features), bits",
+                             "conditional entropy upper bound (fig. 6c)", errors=err_e),
+                   "conditional_entropy.png", "entropy")
+    rows_md = [[f"{name} accuracy"] + [f"{v:.3f}" for v in clf["content_accuracy"]],
+               [f"{name} entropy (bits)"] + [f"{v:.3f}" for v in clf["content_entropy_bits"]]]
+    if separate_style:
+        rows_md.append(["style accuracy (means; non-linear / linear / 5-NN)",
+                        f"{clf['style_accuracy']:.3f} / {clf['style_linear_accuracy']:.3f} / "
+                        f"{clf['style_knn_accuracy']:.3f} (all k)"] + [""] * (len(ks) - 1))
+    if "baseline" in metrics:
+        rows_md.append(["VAE accumulated accuracy"] +
+                       [f"{v:.3f}" for v in metrics["baseline"]["curves"]["content_accuracy"]])
     sections = ["## Quantitative evaluation (paper fig. 6c)",
                 f"Classifier (256 tanh units) trained on content accumulated over K={K} test images per class, "
-                f"tested with k images accumulated; {trials} trials, seed {seed}.", "",
-                "| features | " + " | ".join(f"k={k}" for k in ks) + " |", "|---|" + "---|" * len(ks),
-                f"| {name} accuracy | " + " | ".join(f"{v:.3f}" for v in clf["content_accuracy"]) + " |",
-                f"| {name} entropy (bits) | " + " | ".join(f"{v:.3f}" for v in clf["content_entropy_bits"]) + " |"]
-    if model.name != "vae":
-        sections.append(f"| style accuracy | {clf['style_accuracy']:.3f} (all k) |" + " |" * (len(ks) - 1))
-    if "baseline" in metrics:
-        sections.append("| VAE accumulated accuracy | " +
-                        " | ".join(f"{v:.3f}" for v in metrics["baseline"]["curves"]["content_accuracy"]) + " |")
-    sections += ["", "![accuracy](figures/classification_accuracy.png)",
-                 "![entropy](figures/conditional_entropy.png)"]
+                f"tested with k images accumulated; {trials} trials, seed {seed}.", ""]
+    sections += md_table(["features"] + [f"k={k}" for k in ks], rows_md)
+    sections += ["", fig_acc, fig_ent]
 
     # qualitative figures
     classes = torch.unique(test.y).tolist()
     rows = _pick(test.y.cpu(), 10, classes, seed)
-    if model.name != "vae":
+    if separate_style:
         one_each = torch.stack([r[0] for r in rows])[:8]
         x8 = test.x[one_each]
         group_rows = torch.cat([r for r in rows[:8]])
         xg, gid = test.x[group_rows], test.y[group_rows]
         # strategy 2: content of each shown image accumulated with the other images of its group
-        c2, _ = model.encode(xg, gid)
+        c2 = model.encode(xg, gid)["content"]
         first = torch.arange(0, len(group_rows), 10)
-        swapping_grid(model, x8, fig / "swapping_strategy1.png",
-                      title="swapping, strategy 1 (no grouping)", seed=seed)
-        swapping_grid(model, xg[first], fig / "swapping_strategy2.png", content=c2.mean[first], seed=seed,
-                      title="swapping, strategy 2 (content accumulated over 10 images)")
-        interpolation_grid(model, x8[0], x8[1], fig / "interpolation.png")
-        generation_grid(model, [test.x[r] for r in rows[:8]], fig / "generation.png", seed=seed)
         acc_rows = torch.cat([r[:4] for r in rows[:3]])
-        accumulation_grid(model, test.x[acc_rows], test.y[acc_rows], fig / "accumulation.png")
-        sections += ["## Qualitative evaluation (paper figs. 4-6)",
-                     "![swapping 1](figures/swapping_strategy1.png)", "![swapping 2](figures/swapping_strategy2.png)",
-                     "![interpolation](figures/interpolation.png)", "![generation](figures/generation.png)",
-                     "![accumulation](figures/accumulation.png)"]
+        sections += [
+            "## Qualitative evaluation (paper figs. 4-6)",
+            save(swapping_grid(model, x8, title="swapping, strategy 1 (no grouping)", seed=seed),
+                 "swapping_strategy1.png", "swapping 1"),
+            save(swapping_grid(model, xg[first], content=c2.mean[first], seed=seed,
+                               title="swapping, strategy 2 (content accumulated over 10 images)"),
+                 "swapping_strategy2.png", "swapping 2"),
+            save(interpolation_grid(model, x8[0], x8[1]), "interpolation.png", "interpolation"),
+            save(generation_grid(model, [test.x[r] for r in rows[:8]], seed=seed), "generation.png", "generation"),
+            save(accumulation_grid(model, test.x[acc_rows], test.y[acc_rows]), "accumulation.png", "accumulation")]
 
     # cost of inference
     cost_rows = torch.cat([r[:5] for r in rows])
@@ -195,30 +183,31 @@ def evaluate(model, config, run_dir, opts):
     hl = {}
     if "amortized_elbo" in cost:
         hl[f"amortised encoder ({cost['amortized_seconds'] * 1e3:.1f} ms)"] = cost["amortized_elbo"]
-    line_plot({"test-time SVI (decoder frozen)": ([c[1] for c in curve], [c[2] for c in curve])},
-              fig / "inference_cost.png", "seconds", "test ELBO per image", "amortised vs SVI inference",
-              hlines=hl)
+    fig_cost = save(line_plot({"test-time SVI (decoder frozen)": ([c[1] for c in curve], [c[2] for c in curve])},
+                              "seconds", "test ELBO per image", "amortised vs SVI inference", hlines=hl),
+                    "inference_cost.png", "cost")
     sections += ["## Cost of inference", f"Test groups: {len(cost_rows)} images. " +
                  (f"Amortised ELBO {cost['amortized_elbo']:.1f} in {cost['amortized_seconds'] * 1e3:.1f} ms; "
                   if "amortized_elbo" in cost else "") +
                  f"test-time SVI reaches {cost['svi_final_elbo']:.1f} after {cost['svi_seconds']:.1f} s.",
-                 "![cost](figures/inference_cost.png)"]
+                 fig_cost]
     return metrics, sections
 
 
 DEMO_EPOCHS = 150
 
 
-def demo(out="demo_run", device="cpu", epochs=None, quick=False):
+def demo(out="demo_run", device="cpu", epochs=None, quick=False, overwrite=False):
     """Train ML-VAE and the VAE baseline on the bundled MNIST and evaluate them (the README's main job).
 
+    :param overwrite: replace the runs of an earlier demo in ``out`` (otherwise that is an error).
     :returns: path of the ML-VAE report.
     """
     from ..runs import evaluate_run, train_run
 
     out = Path(out)
     epochs = epochs or (2 if quick else DEMO_EPOCHS)
-    common = dict(dataset="mnist", epochs=epochs, device=device, seed=0, progress=True)
+    common = dict(dataset="mnist", epochs=epochs, device=device, seed=0, progress=True, overwrite=overwrite)
     train_run("mlvae", out / "mlvae", **common, **DEMO_OPTIONS)
     train_run("vae", out / "vae", **common, **{k: v for k, v in DEMO_OPTIONS.items() if k in VAE_KEYS})
     evaluate_run(out / "mlvae", device=device, baseline=out / "vae", quick=quick)
@@ -232,6 +221,7 @@ DEMO_OPTIONS = dict(likelihood="normal", group_size=16, batch_groups=16, min_sca
 VAE_KEYS = ("likelihood", "group_size", "batch_groups", "min_scale")
 
 
-register_recipe(Recipe("mlvae", _add_mlvae_args, _build_mlvae, evaluate, "mnist",
-                       "Multi-Level VAE (Bouchacourt et al. 2018)"))
-register_recipe(Recipe("vae", _add_vae_args, _build_vae, evaluate, "mnist", "VAE baseline"))
+register_recipe(Recipe("mlvae", _add_shared, _build_mlvae, evaluate, "mnist",
+                       "Multi-Level VAE (Bouchacourt et al. 2018)", model="mlvae", config_defaults=CONFIG_DEFAULTS))
+register_recipe(Recipe("vae", _add_shared, _build_vae, evaluate, "mnist", "VAE baseline", model="vae",
+                       config_defaults=CONFIG_DEFAULTS))

@@ -9,56 +9,30 @@ from __future__ import annotations
 import torch
 
 from ..data import RandomBatchSampler
+from ..data.labelled import PartlyLabelledDataset, stratified_labelled_mask
+from ..models.base import config_from_options
 from ..runs import Recipe, load_data, register_recipe
 
 
+#: model options are generated from :class:`~pyro_groupvae.models.NVAEConfig` / ``CVAEConfig``; here the
+#: architecture's default is chosen by image size: cnn for digit-sized images, conv for 64x64
+CONFIG_DEFAULTS = {"architecture": None}
+
+
 def _add_shared(p):
-    p.add_argument("--likelihood", choices=["normal", "bernoulli"], default="normal")
-    p.add_argument("--architecture", choices=["mlp", "cnn", "conv"], default=None,
-                   help="mlp (paper-style MLPs), cnn (small CNN encoder + MLP decoder) or conv (64x64); "
-                        "default: cnn for digit-sized images, conv for 64x64")
-    p.add_argument("--hidden", type=int, default=500)
+    """Sampler options (the model's come from its config)."""
     p.add_argument("--batch-size", type=int, default=100)
 
 
 def _add_nvae_args(p):
     _add_shared(p)
-    p.add_argument("--class-dim", type=int, default=2, help="dimensions of each class block z_ci")
-    p.add_argument("--shared-dim", type=int, default=10, help="dimensions of the shared latent z_s")
-    p.add_argument("--alpha-p", type=float, default=0.1, help="symmetric Dirichlet prior concentration")
-    p.add_argument("--alpha-q", type=float, default=None,
-                   help="total concentration of q(pi|x) (default L*alpha_p + 1)")
-    p.add_argument("--beta-c", type=float, default=2.0, help="weight of the z_c KL (eq. 7)")
-    p.add_argument("--no-bias", action="store_true", help="drop the one-hot bias column of z_cy (fig. 10)")
-    p.add_argument("--class-objective", choices=["kl", "surrogate"], default="kl",
-                   help="kl: Dirichlet KL of eq. 3; surrogate: log q(y|x) of eq. 6")
-    p.add_argument("--class-weight", type=float, default=1.0,
-                   help="weight of the class term (beyond the paper; 1 = the paper's objective)")
     p.add_argument("--labelled-fraction", type=float, default=1.0,
                    help="fraction of training labels kept (stratified); < 1 trains semi-supervised")
     p.add_argument("--labelled-seed", type=int, default=0)
 
 
-def _add_cvae_args(p):
-    _add_shared(p)
-    p.add_argument("--latent-dim", type=int, default=12, help="latent size (N-VAE's class_dim + shared_dim)")
-
-
 def _architecture(opts, data):
     return opts.get("architecture") or ("conv" if data.image_shape[-1] == 64 else "cnn")
-
-
-def labelled_mask(y, fraction, seed=0):
-    """Stratified bool mask keeping ``fraction`` of each class's labels (at least one per class)."""
-    if not 0 < fraction <= 1:
-        raise ValueError(f"labelled fraction must be in (0, 1], got {fraction}")
-    g = torch.Generator().manual_seed(seed)
-    mask = torch.zeros(len(y), dtype=torch.bool)
-    for c in torch.unique(y):
-        rows = torch.nonzero(y == c).flatten()
-        k = max(1, int(round(fraction * len(rows))))
-        mask[rows[torch.randperm(len(rows), generator=g)[:k]]] = True
-    return mask
 
 
 def _samplers(opts, train, val):
@@ -78,26 +52,26 @@ def _build_nvae(opts, train, val):
     frac = opts.get("labelled_fraction", 1.0)
     semi = frac < 1.0
     if semi:
-        # the mask travels with the dataset; NVAE.batch_inputs passes it as `labelled`
-        train.extras["labelled"] = labelled_mask(train.y, frac, opts.get("labelled_seed", 0))
+        # the labelled mask is explicit: the run trains on a PartlyLabelledDataset (NVAE.batch_inputs passes the
+        # batch's slice of `labelled` to the model and guide); the loaded datasets are not modified
+        train = PartlyLabelledDataset.of(train, stratified_labelled_mask(train.y, frac, opts.get("labelled_seed", 0)))
         if val is not None:
-            val.extras["labelled"] = torch.ones(len(val), dtype=torch.bool)
-    model = NVAE(image_shape=train.image_shape, num_classes=_num_classes(train), class_dim=opts.get("class_dim", 2),
-                 shared_dim=opts.get("shared_dim", 10), alpha_p=opts.get("alpha_p", 0.1),
-                 alpha_q=opts.get("alpha_q"), beta_c=opts.get("beta_c", 2.0), bias=not opts.get("no_bias", False),
-                 class_objective=opts.get("class_objective", "kl"), semi_supervised=semi,
-                 class_weight=opts.get("class_weight", 1.0), likelihood=opts.get("likelihood", "normal"),
-                 architecture=_architecture(opts, train), hidden=opts.get("hidden", 500))
+            val = PartlyLabelledDataset.of(val, torch.ones(len(val), dtype=torch.bool))
+    model = NVAE(config_from_options(NVAE.Config, opts, image_shape=train.image_shape,
+                                     num_classes=_num_classes(train), semi_supervised=semi,
+                                     architecture=_architecture(opts, train)))
     sampler, val_sampler = _samplers(opts, train, val)
-    return {"model": model, "sampler": sampler, "val_sampler": val_sampler}
+    parts = {"model": model, "sampler": sampler, "val_sampler": val_sampler}
+    if semi:
+        parts.update(train=train, val=val)
+    return parts
 
 
 def _build_cvae(opts, train, val):
     from ..models.nvae import CVAE
 
-    model = CVAE(image_shape=train.image_shape, num_classes=_num_classes(train),
-                 latent_dim=opts.get("latent_dim", 12), likelihood=opts.get("likelihood", "normal"),
-                 architecture=_architecture(opts, train), hidden=opts.get("hidden", 500))
+    model = CVAE(config_from_options(CVAE.Config, opts, image_shape=train.image_shape,
+                                     num_classes=_num_classes(train), architecture=_architecture(opts, train)))
     sampler, val_sampler = _samplers(opts, train, val)
     return {"model": model, "sampler": sampler, "val_sampler": val_sampler}
 
@@ -145,28 +119,41 @@ def class_samples(model, sigma=1.4, per_class=8, seed=0):
                                                               + tuple(model.image_shape))
 
 
+def augmentation_table(result):
+    """Markdown table of :func:`~pyro_groupvae.evaluation.nvae.augmentation_experiment`'s result (test error in %,
+    mean ± std over seeds)."""
+    b = result["baseline"]
+    lines = ["| model | p | sigma | test error % (mean ± std) |", "|---|---|---|---|",
+             f"| no augmentation | 0 | - | {100 * b['mean']:.2f} ± {100 * b['std']:.2f} |"]
+    for r in result["settings"]:
+        lines.append(f"| {r['model']} | {r['p']} | {r['sigma']} | {100 * r['mean']:.2f} ± {100 * r['std']:.2f} |")
+    return "\n".join(lines)
+
+
 def _evaluate_cvae(model, config, run_dir, opts):
     from ..plots.grids import image_grid
+    from .report import FigureWriter
 
-    fig = run_dir / "figures"
+    save = FigureWriter(run_dir / "figures")
     sections = []
     for sigma in (1.0, 2.0):
-        name = f"samples_sigma{sigma:g}.png"
-        image_grid(class_samples(model, sigma, 6 if opts.get("quick") else 8, opts.get("seed", 0)), fig / name,
-                   f"CVAE samples, sigma={sigma:g}", row_labels=list(range(model.num_classes)))
-        sections.append(f"![CVAE samples sigma {sigma:g}](figures/{name})")
+        sections.append(save(image_grid(class_samples(model, sigma, 6 if opts.get("quick") else 8,
+                                                      opts.get("seed", 0)),
+                                        f"CVAE samples, sigma={sigma:g}", row_labels=list(range(model.num_classes)),
+                                        ylabel="class", xlabel="samples, latent ~ N(0, sigma^2 I)"),
+                             f"samples_sigma{sigma:g}.png", f"CVAE samples sigma {sigma:g}"))
     return {"latent_dim": model.latent_dim}, ["## CVAE samples", ""] + sections
 
 
 def _evaluate_nvae(model, config, run_dir, opts):
-    from ..evaluation.nvae import (augmentation_experiment, augmentation_table, classification_accuracy,
-                                   kl_per_dimension, sigma_trend)
+    from ..evaluation.nvae import augmentation_experiment, classification_accuracy, kl_per_dimension, sigma_trend
     from ..plots.grids import bar_plot, image_grid, line_plot
+    from .report import FigureWriter
     from ..runs import load_run
 
     quick = bool(opts.get("quick"))
     seed = opts.get("seed", 0)
-    fig = run_dir / "figures"
+    save = FigureWriter(run_dir / "figures")
     run_opts = config.get("options", {})
     test = load_data(config.get("dataset", "mnist"), "test", run_opts)
     if quick:
@@ -188,12 +175,16 @@ def _evaluate_nvae(model, config, run_dir, opts):
                      "mean_z_c_other": kl["mean_z_c_other"]}
     values = torch.cat([kl["z_s"], kl["z_cy"], kl["z_c_other"]])
     groups = [0] * Ds + [1] * Dc + [2] * Dc
-    bar_plot(values.numpy(), fig / "kl_per_dimension.png", f"dimension: z_s (0-{Ds - 1}), z_cy, other z_c blocks",
-             "mean KL (nats)", "KL per latent dimension (fig. 5)", groups=groups)
+    fig_kl = save(bar_plot(values.numpy(), f"dimension: z_s (0-{Ds - 1}), z_cy, other z_c blocks", "mean KL (nats)",
+                           "KL per latent dimension (fig. 5)", groups=groups,
+                           group_names=["z_s (shared)", "z_cy (true class block)", "other z_c blocks (mean)"]),
+                  "kl_per_dimension.png", "KL per dimension")
     block = kl["block_by_class"]
-    bar_plot(block.flatten().nan_to_num(0).numpy(), fig / "kl_block_by_class.png",
-             "true class (groups of L bars) x class block", "mean KL of block (nats)",
-             "KL of each z_c block per true class (fig. 10)", groups=[i % L for i in range(L * L)])
+    fig_block = save(bar_plot(block.flatten().nan_to_num(0).numpy(), "true class (groups of L bars) x class block",
+                              "mean KL of block (nats)", "KL of each z_c block per true class (fig. 10)",
+                              groups=[i % L for i in range(L * L)],
+                              group_names=[f"block {i}" for i in range(L)]),
+                     "kl_block_by_class.png", "KL per block and class")
     diag = float(torch.diagonal(block).nanmean())
     off = float(block[~torch.eye(L, dtype=torch.bool)].nanmean())
     metrics["kl"]["block_true_class"], metrics["kl"]["block_other_classes"] = diag, off
@@ -201,30 +192,33 @@ def _evaluate_nvae(model, config, run_dir, opts):
                  f"Mean KL per dimension: z_s {kl['mean_z_s']:.3f}, true-class block z_cy {kl['mean_z_cy']:.3f}, "
                  f"other z_c blocks {kl['mean_z_c_other']:.3f} nats. Summed over a block: true class {diag:.3f}, "
                  f"other blocks {off:.3f} nats.", "",
-                 "![KL per dimension](figures/kl_per_dimension.png)", "",
-                 "![KL per block and class](figures/kl_block_by_class.png)", ""]
+                 fig_kl, "", fig_block, ""]
 
     # ---- traversals (figs. 1, 2) and samples (fig. 11)
     vals = _traversal_values(quick)
     col_labels = [f"{v:.1f}" for v in vals.tolist()]
-    image_grid(class_traversals(model, vals), fig / "traversal_class.png", "z_cy traversals (row: class.dim)",
-               row_labels=[f"{c}.{d}" for c in range(L) for d in range(Dc)], col_labels=col_labels)
-    sections += ["## Traversals", "", "![class traversals](figures/traversal_class.png)", ""]
+    sections += ["## Traversals", "",
+                 save(image_grid(class_traversals(model, vals), "z_cy traversals (row: class.dim)",
+                                 row_labels=[f"{c}.{d}" for c in range(L) for d in range(Dc)], col_labels=col_labels,
+                                 xlabel="value of z_cy[dim]", ylabel="class.dim"),
+                      "traversal_class.png", "class traversals"), ""]
     if Ds:
         top = torch.argsort(kl["z_s"], descending=True)[: (1 if quick else 3)].tolist()
         for d in top:
-            image_grid(shared_traversals(model, d, vals), fig / f"traversal_shared_{d}.png",
-                       f"z_s[{d}] traversal (KL {float(kl['z_s'][d]):.2f})", row_labels=list(range(L)),
-                       col_labels=col_labels)
-            sections += [f"![z_s {d}](figures/traversal_shared_{d}.png)", ""]
-    image_grid(class_samples(model, 1.4, 6 if quick else 8, seed), fig / "samples_sigma1.4.png",
-               "N-VAE samples, sigma=1.4", row_labels=list(range(L)))
-    sections += ["![samples](figures/samples_sigma1.4.png)", ""]
+            sections += [save(image_grid(shared_traversals(model, d, vals),
+                                         f"z_s[{d}] traversal (KL {float(kl['z_s'][d]):.2f})",
+                                         row_labels=list(range(L)), col_labels=col_labels,
+                                         xlabel=f"value of z_s[{d}]", ylabel="class"),
+                              f"traversal_shared_{d}.png", f"z_s {d}"), ""]
+    sections += [save(image_grid(class_samples(model, 1.4, 6 if quick else 8, seed), "N-VAE samples, sigma=1.4",
+                                 row_labels=list(range(L)), ylabel="class",
+                                 xlabel="samples, latents ~ N(0, 1.4^2 I)"),
+                      "samples_sigma1.4.png", "samples"), ""]
 
     # ---- augmentation (fig. 9)
     generators = {"N-VAE": model}
     if opts.get("baseline"):
-        generators["CVAE"] = load_run(opts["baseline"], device=model.device)
+        generators["CVAE"] = load_run(opts["baseline"], device=model.device).model
     train = load_data(config.get("dataset", "mnist"), "train", run_opts)
     probs, sigmas = ((0.4,), (1.0, 2.0)) if quick else ((0.4, 1.0), (1.0, 1.4, 2.0))
     seeds = (seed,) if quick else (seed, seed + 1, seed + 2)
@@ -236,7 +230,7 @@ def _evaluate_nvae(model, config, run_dir, opts):
     for r in aug["settings"]:
         metrics["augmentation"][f"{r['model']}_p{r['p']:g}_sigma{r['sigma']:g}"] = {"mean": r["mean"],
                                                                                      "std": r["std"]}
-    trend_lines = []
+    trend_lines, aug_figs = [], []
     for p in probs:
         curves, errors = {}, {}
         for name in generators:
@@ -247,13 +241,14 @@ def _evaluate_nvae(model, config, run_dir, opts):
             slope = sigma_trend(aug, name, p)
             metrics["augmentation"][f"{name}_p{p:g}_slope_per_sigma"] = slope
             trend_lines.append(f"- {name}, p={p:g}: error slope {100 * slope:+.2f} points per unit sigma")
-        line_plot(curves, fig / f"augmentation_p{p:g}.png", "latent sigma", "test error (%)",
-                  f"augmentation, replacement probability {p:g} (fig. 9)", errors=errors,
-                  hlines={"no augmentation": 100 * aug["baseline"]["mean"]})
+        aug_figs.append(save(line_plot(curves, "latent sigma", "test error (%)",
+                                       f"augmentation, replacement probability {p:g} (fig. 9)", errors=errors,
+                                       hlines={"no augmentation": 100 * aug["baseline"]["mean"]}),
+                             f"augmentation_p{p:g}.png", f"augmentation p={p:g}"))
     sections += ["## Augmentation (fig. 9)", "",
                  f"{len(seeds)} seed(s), {aug['epochs']} classifier epoch(s), {len(train)} training images.", "",
                  augmentation_table(aug), ""] + trend_lines + [""]
-    sections += [f"![augmentation p={p:g}](figures/augmentation_p{p:g}.png)" for p in probs]
+    sections += aug_figs
     metrics["augmentation_raw"] = aug
     return metrics, sections
 
@@ -267,6 +262,8 @@ def evaluate(model, config, run_dir, opts):
 
 
 register_recipe(Recipe("nvae", _add_nvae_args, _build_nvae, evaluate, "mnist",
-                       "N-VAE: class-conditioned latents with a Dirichlet class prior (Antoran & Miguel 2019)"))
-register_recipe(Recipe("cvae", _add_cvae_args, _build_cvae, evaluate, "mnist",
-                       "CVAE baseline for the N-VAE augmentation experiment"))
+                       "N-VAE: class-conditioned latents with a Dirichlet class prior (Antoran & Miguel 2019)",
+                       model="nvae", config_defaults=CONFIG_DEFAULTS))
+register_recipe(Recipe("cvae", _add_shared, _build_cvae, evaluate, "mnist",
+                       "CVAE baseline for the N-VAE augmentation experiment", model="cvae",
+                       config_defaults=CONFIG_DEFAULTS))

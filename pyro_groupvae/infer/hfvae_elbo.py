@@ -70,7 +70,21 @@ the observation plate (so a subsampled ``pyro.plate("data", N, subsample=...)`` 
 (``torch.utils.checkpoint``), so memory is :math:`O(B \cdot E + \text{chunk})`, linear in the latent size,
 and no ``B x B x E`` tensor exists at once.
 
-Reparameterised sites only (Normal, Concrete); particles are drawn one after another (no vectorised particles).
+**Computation.** For a Normal group the density of a group is a quadratic form in ``z``: the square is expanded
+and the ``B x B`` table is one matrix product (float64 and centred per dimension, so that the expansion loses no
+precision); the per-dimension marginals are one fused log-sum-exp over the batch (:class:`_NormalLSE`: the
+``B x B x E`` table is built, reduced and freed in the forward pass and rebuilt in the backward pass, which forms
+the gradients from the differences ``z - mu`` directly). The Concrete block uses its density (Maddison et al.
+eq. B.5) written out pairwise; writing its log-sum-exp over classes as a product of exponentials was tried and
+rejected, because encoder logits and samples peak at different classes and the factorised exponentials underflow
+(wrong by tens of nats at logit spreads of a few hundred, even in float64). Other distributions use their own
+pairwise ``log_prob``. Exponentials are taken as ``exp2(x log2 e)`` (much faster than ``torch.exp`` on the CPU
+builds we measured). ``compile=True`` runs the ``B x B`` kernels through ``torch.compile`` (off by default: the
+first step compiles). Numbers: docs/benchmarks.md.
+
+Reparameterised sites only (Normal, Concrete, or any other with ``rsample``); ``num_particles`` particles are
+drawn one after another or, with ``vectorize_particles=True``, in one vectorised pass (each particle gets its
+own batch estimate).
 """
 from __future__ import annotations
 
@@ -78,15 +92,17 @@ import math
 from dataclasses import dataclass
 from typing import List
 
+import pyro.distributions as dist
 import torch
 from pyro.infer import Trace_ELBO
 from pyro.util import warn_if_nan
 from torch.distributions import Independent
+from torch.distributions.relaxed_categorical import ExpRelaxedCategorical
 from torch.utils.checkpoint import checkpoint
 
 from ..validation import InputError
 
-__all__ = ["HFVAE_ELBO", "PRESETS", "preset_weights", "log_batch_marginals", "stratified_log_weights"]
+__all__ = ["HFVAE_ELBO", "PRESETS", "preset_weights", "LatentGroup", "log_batch_marginals", "stratified_log_weights"]
 
 #: preset name -> function of (beta, gamma) giving the weights (alpha, beta, gamma, delta) of table 1, and whether
 #: the model has the structured (Normal + Concrete) prior.
@@ -107,13 +123,17 @@ def preset_weights(name, beta=4.0, gamma=3.0):
     return tuple(float(v) for v in PRESETS[name]["weights"](float(beta), float(gamma)))
 
 
+def _check_sizes(B, dataset_size):
+    if float(dataset_size) < B:
+        raise InputError(f"dataset_size N={dataset_size} is smaller than the batch size B={B}: the stratified "
+                         "estimator of q(z) needs N >= B (pass the size of the training set)")
+
+
 def stratified_log_weights(rows, batch_size, dataset_size, dtype=torch.float32, device=None):
     """Log weights of eq. 13 for the rows ``rows`` (LongTensor of batch positions ``b``): ``(len(rows), B)``
     with ``log(1/N)`` at ``b' = b`` and ``log((N-1) / (N (B-1)))`` elsewhere (``B = 1``: eq. 13 is undefined and only the deterministic stratum ``q(z|x)/N`` is kept)."""
     B, N = int(batch_size), float(dataset_size)
-    if N < B:
-        raise InputError(f"dataset_size N={dataset_size} is smaller than the batch size B={B}: the stratified "
-                         "estimator of q(z) needs N >= B (pass the size of the training set)")
+    _check_sizes(B, dataset_size)
     off = math.log(N - 1) - math.log(N) - math.log(B - 1) if (B > 1 and N > 1) else -math.inf
     w = torch.full((len(rows), B), off, dtype=dtype, device=device)
     w[torch.arange(len(rows), device=device), rows] = -math.log(N)
@@ -121,8 +141,10 @@ def stratified_log_weights(rows, batch_size, dataset_size, dtype=torch.float32, 
 
 
 @dataclass
-class _Group:
-    """One latent site in the observation plate: its sub-variable distributions and values."""
+class LatentGroup:
+    """One latent site in the observation plate: its sub-variable distributions and values.
+
+    ``value`` has shape ``(*lead, B, ...)`` where ``lead`` is ``()`` or ``(P,)``, the vectorised particles."""
 
     name: str
     q: object          # distribution giving per-sub-variable log densities (base of an Independent, or the site)
@@ -131,30 +153,202 @@ class _Group:
     p_site: object     # the model site's whole distribution
     value: torch.Tensor
     num_sub: int       # number of sub-variables E_d
+    lead: int = 0      # number of leading particle dimensions (0, or 1 with vectorize_particles)
 
 
-def _pairwise_log_prob(fn, value_rows, num_sub):
-    """``log fn_{b'}(value_b)`` for rows ``b`` of ``value_rows`` against all ``B`` batch members ``b'``:
-    ``(c, B, num_sub)``."""
-    lp = fn.log_prob(value_rows.unsqueeze(1))
-    return lp.reshape(lp.shape[0], lp.shape[1], num_sub)
+_LOG2E = 1.0 / math.log(2.0)
 
 
-def log_batch_marginals(groups: List[_Group], dataset_size, max_chunk_elements=2 ** 22, chunk_rows=None,
-                        use_checkpoint=None):
+def _exp(x):
+    """``exp(x)`` in place as ``2^(x log2 e)``: on the CPU build we measured, ``torch.exp2`` is vectorised and
+    10-20x faster than ``torch.exp`` (docs/benchmarks.md); the extra rounding of the product is one float ulp of
+    the argument."""
+    return torch.exp2(x.mul_(_LOG2E), out=x)
+
+
+class _LogSumExp(torch.autograd.Function):
+    """``torch.logsumexp(x, dim)`` computed with :func:`_exp` (same value within float rounding)."""
+
+    @staticmethod
+    def forward(ctx, x, dim):
+        m = x.detach().amax(dim, keepdim=True)
+        m = torch.where(torch.isfinite(m), m, torch.zeros_like(m))
+        out = (m + _exp(x - m).sum(dim, keepdim=True).log()).squeeze(dim)
+        ctx.save_for_backward(x, out)
+        ctx.dim = dim
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, out = ctx.saved_tensors
+        return _exp(x - out.unsqueeze(ctx.dim)).mul_(grad.unsqueeze(ctx.dim)), None
+
+
+def logsumexp(x, dim):
+    """Log-sum-exp over ``dim`` (see :class:`_LogSumExp`)."""
+    return _LogSumExp.apply(x, dim)
+
+
+class _NormalLSE(torch.autograd.Function):
+    r"""Per-dimension log-sum-exp over the batch of Normal log densities, fused, memory ``O(n B)``:
+
+    ``out[n, b] = log sum_{b'} exp(a[n, b'] + h[n, b'] (z[n, b] - mu[n, b'])^2 + dw [b' = b + offset])``
+
+    for ``z (n, c)`` (rows ``offset .. offset + c`` of the batch), ``mu, h, a (n, B)``, where ``n`` runs over
+    particles x dimensions, ``h = -1 / (2 s^2)``, ``a = log w_off - log s - log(2 pi) / 2`` and ``dw`` is the log
+    weight of ``b' = b`` minus the one of ``b' != b`` (eq. 13). The ``(n, c, B)`` table is built in the forward
+    pass, reduced and freed, and rebuilt in the backward pass. Differences ``z - mu`` are always formed directly
+    (never by expanding the square), so the precision is that of the direct formula even for very narrow
+    posteriors."""
+
+    @staticmethod
+    def _table(z, mu, h, a, dw, offset):
+        d = z.unsqueeze(-1) - mu.unsqueeze(-2)            # (n, c, B)
+        x = torch.addcmul(a.unsqueeze(-2), d * h.unsqueeze(-2), d)
+        x.diagonal(offset, -2, -1).add_(dw)
+        return x
+
+    @staticmethod
+    def forward(ctx, z, mu, h, a, dw, offset):
+        x = _NormalLSE._table(z, mu, h, a, dw, offset)
+        m = x.amax(-1, keepdim=True)
+        out = (m + _exp(x.sub_(m)).sum(-1, keepdim=True).log_()).squeeze(-1)
+        ctx.save_for_backward(z, mu, h, a, out)
+        ctx.dw, ctx.offset = dw, offset
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):
+        z, mu, h, a, out = ctx.saved_tensors
+        g = _NormalLSE._table(z, mu, h, a, ctx.dw, ctx.offset)
+        _exp(g.sub_(out.unsqueeze(-1))).mul_(grad.unsqueeze(-1))            # G = grad * softmax, (n, c, B)
+        ga = g.sum(-2)                                                      # d/da_b' = sum_b G
+        d = z.unsqueeze(-1) - mu.unsqueeze(-2)
+        gd = g.mul_(d)                                                      # G (z - mu)
+        gz = 2 * torch.bmm(gd, h.unsqueeze(-1)).squeeze(-1)                 # sum_b' 2 h G (z - mu)
+        gmu = -2 * h * gd.sum(-2)
+        gh = gd.mul_(d).sum(-2)                                             # sum_b G (z - mu)^2
+        return gz, gmu, gh, ga, None, None
+
+
+def _normal_lse_direct(z, mu, h, a, log_w):
+    """What :class:`_NormalLSE` computes, as plain differentiable tensor code (for ``torch.compile``): ``z (n, c)``,
+    ``mu, h, a (n, B)`` (``a`` without the weight), ``log_w (c, B)``."""
+    d = z.unsqueeze(-1) - mu.unsqueeze(-2)
+    return torch.logsumexp(a.unsqueeze(-2) + h.unsqueeze(-2) * d * d + log_w, -1)
+
+
+def _concrete_pairwise(v, logits, tau, log_w, fast=True):
+    """Direct pairwise ExpConcrete log densities (Maddison et al. eq. B.5, as ``ExpRelaxedCategorical.log_prob``)
+    of rows ``v (P, c, V, K)`` under ``logits (P, B, V, K)`` (normalised), and their log-sum-exp with ``log_w``:
+    ``(group (P, c, B) float64, per-variable log marginals (P, c, V))``."""
+    K = logits.shape[-1]
+    score = logits.unsqueeze(1) - tau * v.unsqueeze(2)                        # (P, c, B, V, K)
+    lse = logsumexp if fast else torch.logsumexp  # torch's for torch.compile
+    lp = (score.sum(-1) - K * lse(score, -1)
+          + (torch.lgamma(torch.full_like(tau, float(K))) + (K - 1) * torch.log(tau)))  # (P, c, B, V)
+    return lp.sum(-1).double(), lse(lp + log_w.unsqueeze(-1), -2)
+
+
+_COMPILED = {}
+
+
+def _compiled(fn):
+    """``torch.compile(fn)`` (once per process; inductor fuses the ``B x B x E`` elementwise work into loops)."""
+    if fn not in _COMPILED:
+        _COMPILED[fn] = torch.compile(fn, dynamic=False)
+    return _COMPILED[fn]
+
+
+def _pairwise_log_prob(fn, value_rows, lead):
+    """``log fn_{b'}(value_b)`` for rows ``b`` of ``value_rows (*lead, c, ...)`` against all ``B`` batch members
+    ``b'`` of ``fn`` (batch shape ``(*lead, B, ...)``): ``(*lead, c, B, ...)`` (the direct formula; any
+    distribution)."""
+    v = value_rows.movedim(lead, 0).unsqueeze(lead + 1)    # (c, *lead, 1, ...)
+    return fn.log_prob(v).movedim(0, lead)
+
+
+def _normal_kind(g):
+    return type(g.q) in (dist.Normal, torch.distributions.Normal)
+
+
+class _Prepared:
+    """Per-group tensors of the fast paths, computed once per step (all ``(P, B, ...)``; ``P = 1`` without
+    vectorised particles)."""
+
+    def __init__(self, g, off):
+        self.g = g
+        lead_shape = g.value.shape[:g.lead]
+        self.P = math.prod(lead_shape)
+        B = g.value.shape[g.lead]
+        self.B = B
+        if _normal_kind(g):
+            self.kind = "normal"
+            shape = g.value.shape
+            z = g.value.reshape(self.P, B, g.num_sub)
+            mu = g.q.loc.expand(shape).reshape(self.P, B, g.num_sub)
+            scale = g.q.scale.expand(shape).reshape(self.P, B, g.num_sub)
+            self.h = -0.5 * scale.reciprocal().square()
+            self.a = -torch.log(scale) - 0.5 * math.log(2 * math.pi)
+            # group level in float64, centred per dimension (a constant shift of z and mu), the square expanded
+            # into matrix products
+            z64, mu64, h64 = z.double(), mu.double(), self.h.double()
+            c = mu64.detach().mean(1, keepdim=True)
+            self.z64, mu64 = z64 - c, mu64 - c
+            self.right64 = torch.cat([h64, -2 * h64 * mu64], -1)                       # (P, B, 2E)
+            self.const64 = (self.a.double() + h64 * mu64 * mu64).sum(-1)               # (P, B)
+            # per-dimension layout for _NormalLSE: (P * E, B)
+            self.zt = z.permute(0, 2, 1).reshape(-1, B)
+            self.mut = mu.permute(0, 2, 1).reshape(-1, B)
+            self.ht = self.h.permute(0, 2, 1).reshape(-1, B)
+            self.at = (self.a + off).permute(0, 2, 1).reshape(-1, B)
+            self.at_raw = self.a.permute(0, 2, 1).reshape(-1, B)
+        elif isinstance(g.q, ExpRelaxedCategorical) and g.q.temperature.numel() == 1:
+            self.kind = "concrete"  # the direct formula (_concrete_pairwise)
+            K = g.q.logits.shape[-1]
+            self.v = g.value.reshape(self.P, B, -1, K)
+            self.logits = g.q.logits.expand(g.value.shape).reshape(self.P, B, -1, K)
+            self.tau = g.q.temperature.reshape(())
+        else:
+            self.kind = "generic"
+
+    def rows(self, start, stop, log_w):
+        """``(group (P, c, B) float64 pairwise log density, per-sub-variable log marginals (P, c, E_d))``."""
+        g, P, B = self.g, self.P, self.B
+        if self.kind == "normal":
+            z = self.z64[:, start:stop]
+            left = torch.cat([z * z, z], -1)                                            # (P, c, 2E)
+            grp = torch.matmul(left, self.right64.transpose(-2, -1)) + self.const64.unsqueeze(-2)
+            return grp, None  # the per-dimension marginals: _NormalLSE in log_batch_marginals
+        # any other distribution: its own pairwise log_prob
+        lp = _pairwise_log_prob(g.q, g.value.narrow(g.lead, start, stop - start), g.lead)
+        lp = lp.reshape(P, stop - start, B, g.num_sub)
+        return lp.sum(-1).double(), logsumexp(lp + log_w.unsqueeze(-1), -2)
+
+
+def log_batch_marginals(groups: List[LatentGroup], dataset_size, max_chunk_elements=2 ** 22, chunk_rows=None,
+                        use_checkpoint=None, compile=False):
     r"""Batch estimates (eq. 13) of :math:`\log q(z^{(b)})`, :math:`\log q(z_d^{(b)})` and
     :math:`\log q(z_{d,e}^{(b)})` for every batch member ``b``.
 
-    :param groups: the latent groups (see :class:`_Group`; built by :meth:`HFVAE_ELBO.latent_groups`).
+    Normal groups: the group density is a quadratic form, computed as matrix products in float64 (the square
+    expanded); the per-dimension marginals are a fused log-sum-exp (:class:`_NormalLSE`). Other distributions
+    (the Concrete block included): the direct pairwise ``log_prob``.
+
+    :param groups: the latent groups (see :class:`LatentGroup`; built by :meth:`HFVAE_ELBO.latent_groups`).
     :param dataset_size: ``N``.
     :param int max_chunk_elements: bound on ``rows x B x E`` of one chunk of the ``B x B`` table.
     :param int chunk_rows: explicit rows per chunk (overrides ``max_chunk_elements``).
     :param bool use_checkpoint: recompute chunks in the backward pass; default: when gradients are enabled and
         there is more than one chunk.
-    :returns: ``(joint (B,), groups (B, D), subvariables (B, E))``.
+    :param bool compile: compute the per-dimension Normal and the Concrete pairwise terms with ``torch.compile``d
+        kernels (the first call compiles, which takes minutes on a small CPU; off by default).
+    :returns: ``(joint (*lead, B), groups (*lead, B, D), subvariables (*lead, B, E))``.
     """
-    value0 = groups[0].value
-    B = value0.shape[0]
+    g0 = groups[0]
+    lead_shape = g0.value.shape[:g0.lead]
+    B = g0.value.shape[g0.lead]
+    dtype, device = g0.value.dtype, g0.value.device
     E = sum(g.num_sub for g in groups)
     D = len(groups)
     if chunk_rows is None:
@@ -163,19 +357,42 @@ def log_batch_marginals(groups: List[_Group], dataset_size, max_chunk_elements=2
     n_chunks = -(-B // chunk_rows)
     if use_checkpoint is None:
         use_checkpoint = torch.is_grad_enabled() and n_chunks > 1
-    sizes = [g.num_sub for g in groups]
+    N = float(dataset_size)
+    _check_sizes(B, dataset_size)
+    off = math.log(N - 1) - math.log(N) - math.log(B - 1) if (B > 1 and N > 1) else -math.inf
+    diag = -math.log(N)
+    dw = diag - off if math.isfinite(off) else 0.0
 
     def chunk(start, stop):
-        rows = torch.arange(start, stop, device=value0.device)
-        log_w = stratified_log_weights(rows, B, dataset_size, value0.dtype, value0.device)  # (c, B)
-        parts = [_pairwise_log_prob(g.q, g.value[start:stop], g.num_sub) for g in groups]  # (c, B, E_d)
-        sub = torch.cat(parts, -1)
-        grp = torch.stack([p.sum(-1) for p in parts], -1)  # (c, B, D)
-        joint = grp.sum(-1)  # (c, B)
-        out_sub = torch.logsumexp(sub + log_w.unsqueeze(-1), 1)
-        out_grp = torch.logsumexp(grp + log_w.unsqueeze(-1), 1)
-        out_joint = torch.logsumexp(joint + log_w, 1)
-        return torch.cat([out_joint.unsqueeze(-1), out_grp, out_sub], -1)
+        prepared = [_Prepared(g, off if math.isfinite(off) else 0.0) for g in groups]
+        rows = torch.arange(start, stop, device=device)
+        log_w = stratified_log_weights(rows, B, dataset_size, dtype, device)  # (c, B)
+        grps, subs = [], []
+        for p in prepared:
+            if p.kind == "concrete":
+                if compile:
+                    grp, sub = _compiled(_concrete_pairwise)(p.v[:, start:stop], p.logits, p.tau, log_w, False)
+                else:
+                    grp, sub = _concrete_pairwise(p.v[:, start:stop], p.logits, p.tau, log_w)
+                grps.append(grp)
+                subs.append(sub.to(dtype))
+                continue
+            grp, sub = p.rows(start, stop, log_w)
+            if p.kind == "normal":
+                if compile:
+                    sub = _compiled(_normal_lse_direct)(p.zt[:, start:stop], p.mut, p.ht, p.at_raw, log_w)
+                elif math.isfinite(off):
+                    sub = _NormalLSE.apply(p.zt[:, start:stop], p.mut, p.ht, p.at, dw, start)
+                else:  # B = 1: only the deterministic stratum
+                    sub = (p.at + p.ht * (p.zt - p.mut) ** 2)[:, start:stop] + diag
+                sub = sub.reshape(p.P, p.g.num_sub, stop - start).transpose(-2, -1)
+            grps.append(grp)
+            subs.append(sub)
+        grp = torch.stack(grps, -1)                                   # (P, c, B, D) float64
+        lw = log_w.double()
+        out_grp = logsumexp(grp + lw.unsqueeze(-1), -2).to(dtype)
+        out_joint = logsumexp(grp.sum(-1) + lw, -1).to(dtype)
+        return torch.cat([out_joint.unsqueeze(-1), out_grp] + subs, -1)
 
     outs = []
     for start in range(0, B, chunk_rows):
@@ -184,9 +401,12 @@ def log_batch_marginals(groups: List[_Group], dataset_size, max_chunk_elements=2
             outs.append(checkpoint(chunk, start, stop, use_reentrant=False))
         else:
             outs.append(chunk(start, stop))
-    out = torch.cat(outs, 0)
-    assert out.shape == (B, 1 + D + sum(sizes))
-    return out[:, 0], out[:, 1:1 + D], out[:, 1 + D:]
+    out = torch.cat(outs, -2).reshape(lead_shape + (B, 1 + D + E))
+    return out[..., 0], out[..., 1:1 + D], out[..., 1 + D:]
+
+
+#: name of the plate Pyro's ELBOs put around model and guide for vectorised particles
+_PARTICLES = "num_particles_vectorized"
 
 
 def _unwrap(fn):
@@ -211,7 +431,11 @@ class HFVAE_ELBO(Trace_ELBO):
     :param str plate_name: the observation plate (default: the one plate all latent sites share).
     :param int max_chunk_elements: memory bound of one chunk of the ``B x B`` density table.
     :param int chunk_rows: explicit chunk rows (overrides ``max_chunk_elements``).
-    :param int num_particles: particles, drawn sequentially (each gets its own batch estimate).
+    :param int num_particles: particles; each gets its own batch estimate of the marginals.
+    :param bool vectorize_particles: draw the particles in one vectorised pass (an outer plate, as in Pyro's
+        ELBOs) instead of one after another.
+    :param bool compile: ``torch.compile`` the ``B x B`` kernels of the estimator (off by default: the first step
+        compiles for minutes on a small CPU; see docs/benchmarks.md for what it gains).
 
     ``loss``/``loss_and_grads``/``differentiable_loss`` return minus the weighted objective summed over the
     batch (as ``Trace_ELBO`` does, scaled by the sites' ``poutine.scale``/subsampling); :meth:`decomposition`
@@ -220,9 +444,9 @@ class HFVAE_ELBO(Trace_ELBO):
 
     def __init__(self, alpha=1.0, beta=1.0, gamma=1.0, delta=1.0, dataset_size=None, plate_name=None,
                  max_chunk_elements=2 ** 22, chunk_rows=None, num_particles=1, max_plate_nesting=float("inf"),
-                 retain_graph=None):
+                 vectorize_particles=False, retain_graph=None, compile=False):
         super().__init__(num_particles=num_particles, max_plate_nesting=max_plate_nesting,
-                         vectorize_particles=False, retain_graph=retain_graph)
+                         vectorize_particles=vectorize_particles, retain_graph=retain_graph)
         for name, v in [("alpha", alpha), ("beta", beta), ("gamma", gamma), ("delta", delta)]:
             if not (isinstance(v, (int, float)) and math.isfinite(v)):
                 raise ValueError(f"{name} must be a finite number, got {v!r}")
@@ -231,6 +455,7 @@ class HFVAE_ELBO(Trace_ELBO):
         self.plate_name = plate_name
         self.max_chunk_elements = max_chunk_elements
         self.chunk_rows = chunk_rows
+        self.compile = bool(compile)
 
     @classmethod
     def from_preset(cls, name, beta=4.0, gamma=3.0, **kw):
@@ -240,7 +465,7 @@ class HFVAE_ELBO(Trace_ELBO):
 
     # ------------------------------------------------------------------ structure
     def _data_frame(self, site):
-        frames = [f for f in site["cond_indep_stack"] if f.vectorized]
+        frames = [f for f in site["cond_indep_stack"] if f.vectorized and f.name != _PARTICLES]
         if self.plate_name is not None:
             frames = [f for f in frames if f.name == self.plate_name]
             return frames[0] if frames else None
@@ -270,23 +495,24 @@ class HFVAE_ELBO(Trace_ELBO):
             if not q_site.has_rsample:
                 raise NotImplementedError(f"HFVAE_ELBO needs reparameterised guide sites; {name!r} is "
                                           f"{type(q_site).__name__} without rsample")
-            if len(q_site.batch_shape) != 1:
+            lead = int(any(f.name == _PARTICLES for f in site["cond_indep_stack"]))
+            if len(q_site.batch_shape) != 1 + lead:
                 raise InputError(f"latent site {name!r} must have batch_shape (B,) (one plate over the "
                                  f"observations, the rest in the event), got {tuple(q_site.batch_shape)}")
             value = site["value"]
-            B = q_site.batch_shape[0]
+            B = q_site.batch_shape[lead]
             q_base, kq = _unwrap(q_site)
             p_base, kp = _unwrap(p_site)
             if kq > 0 and kq == kp and tuple(q_base.batch_shape) == tuple(p_base.batch_shape[-len(q_base.batch_shape):]):
-                num_sub = math.prod(q_base.batch_shape[1:])
+                num_sub = math.prod(q_base.batch_shape[1 + lead:])
                 q_fn, p_fn = q_base, p_base
             else:  # the whole site is one sub-variable
                 num_sub, q_fn, p_fn = 1, q_site, p_site
-            groups.append(_Group(name, q_fn, p_fn, q_site, p_site, value, num_sub))
+            groups.append(LatentGroup(name, q_fn, p_fn, q_site, p_site, value, num_sub, lead))
             N = self.dataset_size or site["infer"].get("dataset_size") or frame.size
             sizes.append(int(N))
             scales.append(site["scale"])
-            if B != groups[0].value.shape[0]:
+            if B != groups[0].value.shape[groups[0].lead]:
                 raise InputError("latent sites of the observation plate have different batch sizes")
         if groups and len(set(sizes)) > 1:
             raise InputError(f"latent sites disagree on dataset_size: {sizes}")
@@ -309,20 +535,22 @@ class HFVAE_ELBO(Trace_ELBO):
         glob = 0.0
         for name in global_names:
             glob = glob + model_trace.nodes[name]["log_prob_sum"] - guide_trace.nodes[name]["log_prob_sum"]
-        t = {"recon": recon, "global": glob, "scale": scale}
+        t = {"recon": recon, "global": glob, "scale": scale, "batch_shape": ()}
         if not groups:
             return t
-        lq_sub = torch.cat([g.q.log_prob(g.value).reshape(g.value.shape[0], g.num_sub) for g in groups], -1)
-        lp_sub = torch.cat([g.p.log_prob(g.value).reshape(g.value.shape[0], g.num_sub) for g in groups], -1)
-        lp_grp = torch.stack([g.p_site.log_prob(g.value) for g in groups], -1)  # (B, D)
-        idx = torch.cat([torch.full((g.num_sub,), d, dtype=torch.long) for d, g in enumerate(groups)])
-        idx = idx.to(lq_sub.device)
+        bshape = groups[0].value.shape[:groups[0].lead + 1]  # (*particles, B)
+        lq_sub = torch.cat([g.q.log_prob(g.value).reshape(bshape + (g.num_sub,)) for g in groups], -1)
+        lp_sub = torch.cat([g.p.log_prob(g.value).reshape(bshape + (g.num_sub,)) for g in groups], -1)
+        lp_grp = torch.stack([g.p_site.log_prob(g.value).expand(bshape) for g in groups], -1)  # (*, B, D)
+        sizes = [g.num_sub for g in groups]
 
-        def per_group(sub):  # (B, E) -> (B, D)
-            return torch.zeros(sub.shape[0], len(groups), dtype=sub.dtype, device=sub.device).index_add(1, idx, sub)
+        def per_group(sub):  # (*, B, E) -> (*, B, D)
+            return torch.stack([s.sum(-1) for s in sub.split(sizes, -1)], -1)
 
-        lqh, lqh_grp, lqh_sub = log_batch_marginals(groups, N, self.max_chunk_elements, self.chunk_rows)
+        lqh, lqh_grp, lqh_sub = log_batch_marginals(groups, N, self.max_chunk_elements, self.chunk_rows,
+                                                    compile=self.compile)
         lq = lq_sub.sum(-1)
+        t["batch_shape"] = tuple(bshape)
         t.update(
             mutual_information=lq - lqh,
             tc_between=lqh - lqh_grp.sum(-1),          # prior part of (A) is 0: sites are independent a priori
@@ -380,13 +608,15 @@ class HFVAE_ELBO(Trace_ELBO):
         for model_trace, guide_trace in self._get_traces(model, guide, args, kwargs):
             t = self._terms(model_trace, guide_trace)
             groups, _, N, _ = self.latent_groups(model_trace, guide_trace)
-            B = groups[0].value.shape[0] if groups else 1
+            B = groups[0].value.shape[groups[0].lead] if groups else 1
+            n = self.num_particles if self.vectorize_particles else 1  # particles in this trace
             obj, elbo = self._objective(t)
-            row = {"log_likelihood": float(t["recon"]) / B, "objective": float(obj) / B, "elbo": float(elbo) / B}
+            row = {"log_likelihood": float(t["recon"]) / (B * n), "objective": float(obj) / (B * n),
+                   "elbo": float(elbo) / (B * n)}
             for k in ("mutual_information", "tc_between", "tc_within", "dimension_kl", "kl"):
                 if k in t:
                     row[k] = float(t[k].mean())
             for k, v in row.items():
-                acc[k] = acc.get(k, 0.0) + v / self.num_particles
+                acc[k] = acc.get(k, 0.0) + v * n / self.num_particles
             acc["batch_size"], acc["dataset_size"] = B, N
         return acc

@@ -1,48 +1,54 @@
 """Models: one file per paper, model and guide side by side.
 
-:data:`MODELS` maps a name to its class; every class is a :class:`~pyro_groupvae.models.base.GroupModel` whose
-constructor arguments (``model.config``) rebuild it.
+:data:`MODELS` maps a registry name to its class. Every module of this package is imported here, so a model
+registers itself (:func:`~pyro_groupvae.models.base.register_model`) by being in a file of this folder; models
+of other packages register through the entry-point group ``pyro_groupvae.models``. Every registered class is
+exported under its class name (``from pyro_groupvae.models import MLVAE, UGVAE``).
 """
-from .base import GroupModel
-from .mlvae import MLVAE, VAE
+import importlib
+import pkgutil
 
-MODELS = {"mlvae": MLVAE, "vae": VAE}
-
-
-def __getattr__(name):
-    """``from pyro_groupvae.models import UGVAE, NVAE, CVAE, HFVAE`` (imported on first use)."""
-    where = {"UGVAE": "ugvae", "NVAE": "nvae", "CVAE": "nvae", "HFVAE": "hfvae"}
-    if name in where:
-        import importlib
-
-        return getattr(importlib.import_module(f"{__name__}.{where[name]}"), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+from .base import MODELS, GroupModel, register_model
 
 
-def register_model(cls):
-    """Class decorator adding a model to :data:`MODELS` under ``cls.name``."""
-    MODELS[cls.name] = cls
-    return cls
+def _discover():
+    for info in pkgutil.iter_modules(__path__):
+        if not info.name.startswith("_"):
+            importlib.import_module(f"{__name__}.{info.name}")
+    from importlib.metadata import entry_points
+
+    try:
+        eps = entry_points(group="pyro_groupvae.models")
+    except TypeError:  # Python 3.9: no selection by group
+        eps = entry_points().get("pyro_groupvae.models", [])
+    for ep in eps:
+        try:
+            ep.load()
+        except Exception as e:  # a broken third-party plug-in must not break the library
+            import warnings
+
+            warnings.warn(f"pyro_groupvae: model entry point {ep.name!r} failed to load ({type(e).__name__}: {e})")
 
 
-def build_model(name, **config):
-    """Instantiate a registered model from its config."""
-    _import_all()
+_discover()
+globals().update({cls.__name__: cls for cls in MODELS.values()})
+for _cls in MODELS.values():
+    globals()[_cls.Config.__name__] = _cls.Config
+
+
+def build_model(name, *config, **kwargs):
+    """Instantiate the registered model ``name`` from its config (a ``Config`` instance and/or keywords)."""
     if name not in MODELS:
         raise ValueError(f"unknown model {name!r}; known: {sorted(MODELS)}")
-    return MODELS[name](**config)
+    return MODELS[name](*config, **kwargs)
 
 
-def _import_all():
-    """Import the optional model modules so that they register themselves."""
-    import importlib
-
-    for mod in ("ugvae", "nvae", "hfvae"):
-        try:
-            importlib.import_module(f"{__name__}.{mod}")
-        except ModuleNotFoundError as e:
-            if e.name != f"{__name__}.{mod}":
-                raise
+def get_model(name):
+    """The registered model class ``name``."""
+    if name not in MODELS:
+        raise ValueError(f"unknown model {name!r}; known: {sorted(MODELS)}")
+    return MODELS[name]
 
 
-__all__ = ["GroupModel", "MLVAE", "VAE", "MODELS", "build_model", "register_model"]
+__all__ = ["GroupModel", "MODELS", "build_model", "get_model", "register_model"] + sorted(
+    {c.__name__ for c in MODELS.values()} | {c.Config.__name__ for c in MODELS.values()})

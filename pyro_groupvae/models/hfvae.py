@@ -11,6 +11,10 @@ The objective is :class:`~pyro_groupvae.infer.HFVAE_ELBO` (eq. 9): ``z_n`` and `
 :math:`z_d`, the dimensions of ``z_n`` and the ``V`` discrete variables are the sub-variables :math:`z_{d,e}`;
 beta weighs the total correlation between the blocks, gamma the one between the Normal dimensions.
 
+Pyro layout: one plate ``"observations"`` (size ``N``; the training-set size goes to :class:`HFVAE_ELBO` through
+the sites' ``infer`` dicts); sites ``z_n``
+``(N, D)``, ``z_c`` ``(N, V, K)`` (log-probabilities, event dims 2) and the observed ``x`` ``(N, C, H, W)``.
+
 Choices where the paper is silent or ambiguous (stated here, used everywhere):
 
 * **Concrete in log space.** The discrete site is :class:`~pyro_groupvae.distributions.ExpConcrete` (the sample
@@ -32,6 +36,7 @@ Choices where the paper is silent or ambiguous (stated here, used everywhere):
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass, replace
 
 import pyro
 import pyro.distributions as dist
@@ -41,7 +46,7 @@ from torch import nn
 from ..distributions import ExpConcrete
 from ..infer.hfvae_elbo import PRESETS, HFVAE_ELBO, preset_weights
 from ..validation import InputError
-from .base import GroupModel
+from .base import GroupModel, image_shape_param, likelihood_param, min_scale_param, param, register_model
 from .nets import GaussianHead, ImageLikelihood, flat_apply
 
 ARCHITECTURES = ("mlp", "dsprites", "conv")
@@ -116,6 +121,29 @@ class _ConvDecoder(nn.Module):
         return self.net(self.fc(z).view(-1, self.c1, 4, 4))
 
 
+@dataclass
+class HFVAEConfig:
+    """Options of :class:`HFVAE` (field order = positional order of the constructor)."""
+
+    image_shape: tuple = image_shape_param()
+    architecture: str = param("auto", "mlp (table 3), dsprites (table 4), conv (table 5) or auto (by image shape)",
+                              ("auto",) + ARCHITECTURES)
+    continuous_dim: int = param(10, "dimension D of the Normal block")
+    discrete_vars: int = param(1, "number V of discrete variables (0: Normal block only)")
+    discrete_classes: int = param(10, "classes K per discrete variable")
+    temperature: float = param(0.67, "Concrete temperature (prior and guide)")
+    likelihood: str = likelihood_param("bernoulli")
+    alpha: float = param(1.0, "weight of I(x;z)")
+    beta: float = param(4.0, "weight of the TC between groups")
+    gamma: float = param(3.0, "weight of the TC within groups")
+    delta: float = param(1.0, "weight of the dimension-wise KLs")
+    preset: str = param("hfvae", "table-1 objective: vae, beta-vae, beta-tcvae, beta-svae, hfvae",
+                        tuple(sorted(PRESETS)))
+    width: float = param(1.0, "multiplier of hidden widths (1 = paper)")
+    min_scale: float = min_scale_param()
+
+
+@register_model
 class HFVAE(GroupModel):
     r"""HFVAE model/guide pair (and the table-1 baselines as settings).
 
@@ -135,13 +163,24 @@ class HFVAE(GroupModel):
     """
 
     name = "hfvae"
+    Config = HFVAEConfig
+    latent_sites = ("z_n", "z_c")
 
-    def __init__(self, image_shape=(1, 28, 28), architecture="auto", continuous_dim=10, discrete_vars=1,
-                 discrete_classes=10, temperature=0.67, likelihood="bernoulli", alpha=1.0, beta=4.0, gamma=3.0,
-                 delta=1.0, preset="hfvae", width=1.0, min_scale=0.05):
-        image_shape = tuple(int(v) for v in image_shape)
-        if architecture == "auto":
-            architecture = ("conv" if image_shape[0] == 3 else "dsprites") if image_shape[1:] == (64, 64) else "mlp"
+    def normalize_config(self, cfg):
+        cfg = super().normalize_config(cfg)
+        if cfg.architecture == "auto":
+            shape = cfg.image_shape
+            cfg = replace(cfg, architecture=("conv" if shape[0] == 3 else "dsprites") if shape[1:] == (64, 64)
+                          else "mlp")
+        return cfg
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        c = self.cfg
+        image_shape, architecture, continuous_dim, discrete_vars = (c.image_shape, c.architecture, c.continuous_dim,
+                                                                    c.discrete_vars)
+        discrete_classes, temperature, likelihood, width = c.discrete_classes, c.temperature, c.likelihood, c.width
+        alpha, beta, gamma, delta, min_scale = c.alpha, c.beta, c.gamma, c.delta, c.min_scale
         if architecture not in ARCHITECTURES:
             raise ValueError(f"architecture must be one of {ARCHITECTURES} or 'auto', got {architecture!r}")
         if architecture in ("dsprites", "conv") and image_shape[1:] != (64, 64):
@@ -150,12 +189,10 @@ class HFVAE(GroupModel):
             raise ValueError(f"continuous_dim must be >= 1, got {continuous_dim}")
         if discrete_vars < 0 or (discrete_vars and discrete_classes < 2):
             raise ValueError("discrete_vars must be >= 0 and discrete_classes >= 2")
-        super().__init__(image_shape=image_shape, architecture=architecture, continuous_dim=continuous_dim,
-                         discrete_vars=discrete_vars, discrete_classes=discrete_classes, temperature=temperature,
-                         likelihood=likelihood, alpha=alpha, beta=beta, gamma=gamma, delta=delta, preset=preset,
-                         width=width, min_scale=min_scale)
         self.image_shape = image_shape
         self.D, self.V, self.K = int(continuous_dim), int(discrete_vars), int(discrete_classes)
+        if not self.V:
+            self.latent_sites = ("z_n",)
         self.temperature = float(temperature)
         self.weights = (float(alpha), float(beta), float(gamma), float(delta))
         disc_out = self.V * self.K
@@ -207,24 +244,32 @@ class HFVAE(GroupModel):
         return x.new_zeros(self.V, self.K)
 
     # ------------------------------------------------------------------ model
-    def model(self, x, dataset_size=None):
+    def model(self, x=None, dataset_size=None, num_obs=None):
         r"""p(x, z_n, z_c) = p(z_n) p(z_c) p(x | z_n, z_c) for every observation.
 
-        :param x: images ``(B, C, H, W)``.
+        :param x: images ``(B, C, H, W)``; ``None``: generate ``num_obs`` images (prior predictive).
         :param int dataset_size: ``N`` of the training set (used by the guide for the estimator of q(z)).
+        :param int num_obs: number of images to generate when ``x`` is ``None``.
         """
-        self.check_inputs(x)
+        if x is None:
+            if num_obs is None:
+                raise InputError("with x=None give num_obs: how many images to generate")
+            n, like = int(num_obs), next(self.parameters())
+        else:
+            self.check_inputs(x)
+            n, like = x.shape[0], x
         self.register()
-        with pyro.plate("observations", x.shape[0]):
-            z_n = pyro.sample("z_n", dist.Normal(x.new_zeros(self.D), 1.0).to_event(1))
+        with pyro.plate("observations", n):
+            z_n = pyro.sample("z_n", dist.Normal(like.new_zeros(self.D), 1.0).to_event(1))
             z_c = None
             if self.V:
-                z_c = pyro.sample("z_c", ExpConcrete(self.temperature, logits=self._prior_logits(x)).to_event(1))
+                z_c = pyro.sample("z_c", ExpConcrete(self.temperature, logits=self._prior_logits(like))
+                                  .to_event(1))
             out = self._decode_logits(self._decoder_input(z_n, z_c))
             pyro.sample("x", self.likelihood(out), obs=x)
 
     # ------------------------------------------------------------------ guide
-    def guide(self, x, dataset_size=None):
+    def guide(self, x, dataset_size=None, num_obs=None):
         r"""q(z_n, z_c | x) = N(z_n; mu(x), sigma(x)^2) ExpConcrete(z_c; tau, logits(x)); arguments as
         :meth:`model`. ``dataset_size`` goes into the sites' ``infer`` dict for :class:`HFVAE_ELBO`."""
         self.check_inputs(x)
@@ -243,52 +288,52 @@ class HFVAE(GroupModel):
 
     # ------------------------------------------------------------------ user API
     def _eval(self, fn, *args):
-        was = self.training
-        self.eval()
-        try:
-            with torch.no_grad():
-                return fn(*args)
-        finally:
-            self.train(was)
+        with self.eval_mode(), torch.no_grad():
+            return fn(*args)
 
-    def encode(self, x):
-        """Posteriors of images ``x``: ``(Normal (B, D) of z_n, class probabilities (B, V, K) or None)``."""
+    def encode(self, x, group=None):
+        """Posteriors of images ``x``: ``{"z_n": Normal (B, D), "z_c": ExpConcrete (B, V) x (K,)}`` (no
+        ``"z_c"`` when ``discrete_vars=0``); the class probabilities of ``z_c`` are ``post["z_c"].probs``.
+        ``group`` is ignored (no group latent)."""
         self.check_inputs(x)
 
         def f(x):
             loc, log_var, logits = self.encoder(x)
-            probs = torch.softmax(logits.view(-1, self.V, self.K), -1) if self.V else None
-            return dist.Normal(loc, torch.exp(0.5 * log_var)), probs
+            post = {"z_n": dist.Normal(loc, torch.exp(0.5 * log_var))}
+            if self.V:
+                post["z_c"] = ExpConcrete(self.temperature, logits=logits.view(-1, self.V, self.K))
+            return post
 
         return self._eval(f, x)
 
+    def latent_point(self, site, q):
+        """``z_n``: the posterior mean; ``z_c``: the class probabilities (the Concrete's location)."""
+        return q.probs if site == "z_c" else q.mean
+
     def represent(self, x, batch_size=1024):
         """Deterministic representation for the disentanglement metrics: the posterior means of ``z_n`` followed
-        by the class probabilities of each discrete variable, ``(B, D + V*K)`` on the CPU."""
-        if not torch.is_tensor(x):
-            x = torch.as_tensor(x)
-        x = x.float().to(self.device)
-        outs = []
-        for i in range(0, x.shape[0], batch_size):
-            q, probs = self.encode(x[i:i + batch_size])
-            outs.append(q.loc if probs is None else torch.cat([q.loc, probs.flatten(1)], -1))
-        return torch.cat(outs).cpu()
+        by the class probabilities of each discrete variable, ``(B, D + V*K)`` on the CPU (a tensor; same as
+        :meth:`get_latent_representation`)."""
+        return torch.from_numpy(self.get_latent_representation(x, batch_size=batch_size))
 
-    def decode(self, z_n, probs=None):
-        """Mean images for ``z_n (B, D)`` and discrete class probabilities ``probs (B, V, K)`` (default uniform)."""
+    def decode(self, z_n, probs=None, z_c=None):
+        """Mean images for ``z_n (B, D)`` and the discrete variables: class probabilities ``probs (B, V, K)``
+        (default uniform) or the site's value ``z_c`` (log-probabilities)."""
         if z_n.shape[-1] != self.D:
             raise InputError(f"z_n must have last dimension {self.D}, got {tuple(z_n.shape)}")
-        z_c = None
         if self.V:
-            if probs is None:
-                probs = z_n.new_full(z_n.shape[:-1] + (self.V, self.K), 1.0 / self.K)
-            z_c = torch.log(probs.clamp_min(1e-12))
+            if z_c is None:
+                if probs is None:
+                    probs = z_n.new_full(z_n.shape[:-1] + (self.V, self.K), 1.0 / self.K)
+                z_c = torch.log(probs.clamp_min(1e-12))
+        else:
+            z_c = None
         return self._eval(lambda: self.likelihood.mean(self._decode_logits(self._decoder_input(z_n, z_c))))
 
-    def reconstruct(self, x):
+    def reconstruct(self, x, group=None):
         """Mean reconstruction from the posterior means (``z_n`` mean, discrete probabilities)."""
-        q, probs = self.encode(x)
-        return self.decode(q.loc, probs)
+        post = self.encode(x)
+        return self.decode(post["z_n"].loc, post["z_c"].probs if self.V else None)
 
     def sample(self, n, device=None):
         """Images decoded from prior samples (discrete variables drawn as one-hot classes)."""
@@ -299,12 +344,3 @@ class HFVAE(GroupModel):
             cls = torch.randint(self.K, (n, self.V), device=device)
             probs = torch.nn.functional.one_hot(cls, self.K).float()
         return self.decode(z_n, probs)
-
-
-def _register():
-    from . import MODELS
-
-    MODELS[HFVAE.name] = HFVAE
-
-
-_register()

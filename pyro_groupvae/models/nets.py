@@ -187,3 +187,18 @@ def make_decoder(architecture, latent_dim, image_shape, hidden=500):
     if architecture == "conv":
         return ConvDecoder64(latent_dim, image_shape)
     raise ValueError(f"architecture must be 'mlp' or 'conv', got {architecture!r}")
+
+
+def compile_networks(model, **kwargs):
+    """``torch.compile`` every network of ``model`` in place (its direct sub-modules with parameters), for
+    training speed; off unless called. Parameters, ``state_dict`` names and the Pyro param store are unchanged
+    (``nn.Module.compile`` wraps ``forward``). The first step of each network compiles (minutes on a small CPU);
+    docs/benchmarks.md says what it gains. ``kwargs`` go to ``torch.compile`` (default ``dynamic=False``).
+
+    :returns: ``model``.
+    """
+    kwargs.setdefault("dynamic", False)
+    for child in model.children():
+        if any(True for _ in child.parameters()):
+            child.compile(**kwargs)
+    return model

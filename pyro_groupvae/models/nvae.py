@@ -16,6 +16,10 @@ true one and, through the ``1_L`` column, adds the class-dependent bias ``b_y`` 
 Guide (eqs. 4-5): one shared encoder gives ``q(z_c, z_s | x)`` (diagonal Normal) and
 ``q(pi | x) = Dir(alpha_q * alpha(x))``.
 
+Pyro layout: one plate ``"observations"`` (``dim=-1``, size ``N``); sites ``y`` ``(N,)`` (observed), ``pi``
+``(N, L)``, ``z_c`` ``(N, L, class_dim)`` (event dim 2), ``z_s`` ``(N, shared_dim)``, ``x`` ``(N, C, H, W)``
+(observed). The CVAE has ``z`` ``(N, latent_dim)`` and ``x``, the label a decoder input.
+
 How Pyro's ELBO becomes eq. 3. The model samples the label *first* from its marginal and then ``pi`` from the
 conjugate posterior, ``p(pi) p(y|pi) = p(y) p(pi|y)`` (:class:`~pyro_groupvae.distributions.DirichletClassPrior`):
 ``y`` is observed under ``p(y) = Cat(1/L)`` and ``pi ~ Dir(alpha_p 1 + c_y)``. With ``TraceMeanField_ELBO`` every
@@ -26,17 +30,24 @@ term of eq. 3 is then one site: ``E_q[log p(x|y,z)]`` (Monte Carlo), ``KL(q(z|x)
 ``class_objective="surrogate"`` optimises eq. 6/7 instead: no ``pi`` site, and the label is observed under the
 encoder's predictive ``q(y|x) = E_q[pi] = alpha(x)``, which adds ``log q(y|x)``.
 
-Beyond the paper, semi-supervised training: pass ``labelled`` (bool mask; the labels of unlabelled rows may be
-placeholders such as -1). The model then uses the other factorisation, ``pi ~ p(pi) = Dir(alpha_p 1)`` (analytic
-KL against ``q(pi|x)``), and sums ``y`` out exactly: one factor per row,
-``log sum_y pi_y [y = label, if labelled] p(x | y, z)``, with all ``L`` classes decoded in one batched call. A
-labelled row gets the supervised bound (in expectation; ``log pi_y`` is evaluated at the reparameterised sample),
-an unlabelled row ``-KL(q(pi|x)||p(pi)) + E_q[log sum_y pi_y p(x|y,z)]``, which trains the classifier ``q(pi|x)`` on
-unlabelled images. Why not ``TraceEnum_ELBO`` with ``y`` enumerated: it sums out ``y`` with a log-space einsum that
-shifts every factor by its *own* maximum; when the y-dependent factors (``p(x|y,z)`` spans hundreds of nats, the
-label reading is ``-inf`` off the label) disagree by more than ~87 nats, every product underflows float32 and the
-loss is ``inf`` -- which happened on the bundled MNIST at epoch 1 (seed 0). A single joint ``logsumexp`` is exact.
-``q(pi|x)`` is drawn in float64 (:class:`~pyro_groupvae.distributions.dirichlet_prior.Float64Dirichlet`).
+Beyond the paper, semi-supervised training (as Kingma et al.'s M2, Pyro's ``examples/vae/ss_vae_M2.py``): pass
+``labelled`` (bool mask; the labels of unlabelled rows may be placeholders such as -1). The model is the same
+program: ``y`` is observed where labelled and a latent elsewhere (``pyro.sample(..., obs_mask=labelled)``, sites
+``y_observed``/``y_unobserved``), and every value downstream of ``y`` is the value the site returns. The guide
+enumerates the latent label with ``q(y|x) = alpha(x)`` (``infer={"enumerate": "parallel"}``), and
+``TraceEnum_ELBO`` sums it out exactly: an unlabelled row gets
+``sum_y q(y|x) [log p(y) + log p(pi|y) + log p(x|y,z) - log q(y|x)] - log q(pi|x) + ...``, an expectation that
+also trains the classifier on unlabelled images; a labelled row keeps the supervised bound (the guide's
+``y_unobserved`` is a point mass at its label). Why guide-side: model-side enumeration contracts
+``log p(x|y,z)``, which spans hundreds of nats over ``y``, in log space with a per-factor shift that underflows
+float32 (the first attempt's loss was ``inf`` at epoch 1 on MNIST); the guide-side expectation has no such
+contraction. ``q(pi|x)`` is drawn in float64
+(:class:`~pyro_groupvae.distributions.dirichlet_prior.Float64Dirichlet`): ``log pi_y`` is evaluated at the sample.
+
+Plain Pyro: ``model(x, y)`` observes the labels, ``model(x)`` leaves ``y`` latent (``condition``/``do`` on
+``"y"``, ``infer_discrete``), and ``model(None, y)`` / ``model(None, num_obs=n)`` generate (prior
+``Predictive``). ``infer_discrete`` with the *replay* recipe fails here (a Pyro limitation: a replayed latent,
+``pi``, depends on the enumerated ``y``); condition the continuous latents instead (README, "plain Pyro").
 
 Choices the paper leaves open (and ours):
 
@@ -48,12 +59,14 @@ Choices the paper leaves open (and ours):
   alpha_p) = 0.55`` on the true class for L = 10. Smaller values make the KL sharper.
 * Latent sizes: the paper does not state them for MNIST; we use ``class_dim=2`` per class and ``shared_dim=10``.
 * Networks: ``architecture="mlp"`` is the library's MNIST MLPs (784-500 tanh trunk, 500 tanh decoder);
-  ``"cnn"`` (the recipe's default for digits) swaps the encoder trunk for :class:`SmallConvTrunk`, because with
-  the MLP trunk q(y|x) stays at 0.93-0.94 test accuracy on the 3,500 bundled digits (docs/results.md).
+  ``"cnn"`` (the recipe's default for digits) swaps the encoder trunk for :class:`SmallConvTrunk`, because the
+  MLP trunk classifies the bundled digits worse (docs/results.md, N-VAE).
 """
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass, replace
+from typing import Optional
 
 import pyro
 import pyro.distributions as dist
@@ -61,10 +74,11 @@ import torch
 from pyro import poutine
 from torch import nn
 
-from ..distributions import DirichletClassPrior, class_bound_terms
+from ..distributions import DirichletClassPrior
 from ..distributions.dirichlet_prior import Float64Dirichlet
-from ..validation import InputError, check_images, check_labels
-from .base import GroupModel
+from ..validation import InputError, check_batchnorm_batch, check_labels, check_model_images
+from .base import (GroupModel, hidden_param, image_shape_param, likelihood_param, min_scale_param, param,
+                   register_model)
 from .nets import GaussianHead, ImageLikelihood, flat_apply, make_decoder, make_encoder_trunk
 
 
@@ -94,10 +108,70 @@ def make_networks(architecture, image_shape, hidden, decoder_in):
                                                                                hidden)
 
 
-def _register(cls):
-    from . import register_model
+ARCHITECTURES = ("mlp", "cnn", "conv")
 
-    return register_model(cls)
+
+@dataclass
+class NVAEConfig:
+    """Options of :class:`NVAE` (field order = positional order of the constructor)."""
+
+    image_shape: tuple = image_shape_param()
+    num_classes: int = param(10, "number of classes L", cli=False)
+    class_dim: int = param(2, "dimensions of each class block z_ci")
+    shared_dim: int = param(10, "dimensions of the shared latent z_s")
+    alpha_p: float = param(0.1, "symmetric Dirichlet prior concentration")
+    alpha_q: Optional[float] = param(None, "total concentration of q(pi|x) (default L*alpha_p + 1)")
+    beta_c: float = param(2.0, "weight of the z_c KL (eq. 7)")
+    bias: bool = param(True, "drop the one-hot bias column of z_cy (fig. 10 ablation)", flag="no-bias",
+                       negate=True)
+    class_objective: str = param("kl", "kl: Dirichlet KL of eq. 3; surrogate: log q(y|x) of eq. 6",
+                                 ("kl", "surrogate"))
+    semi_supervised: bool = param(False, "recorded when trained with part of the labels", cli=False)
+    class_weight: float = param(1.0, "weight of the class term (beyond the paper; 1 = the paper's objective)")
+    min_concentration: float = param(0.02, "floor on every concentration of q(pi|x)")
+    likelihood: str = likelihood_param()
+    architecture: str = param("mlp", "mlp (paper-style MLPs), cnn (small CNN encoder + MLP decoder) or conv "
+                                     "(64x64)", ARCHITECTURES)
+    hidden: int = hidden_param()
+    min_scale: float = min_scale_param()
+
+
+@dataclass
+class CVAEConfig:
+    """Options of :class:`CVAE`."""
+
+    image_shape: tuple = image_shape_param()
+    num_classes: int = param(10, "number of classes L", cli=False)
+    latent_dim: int = param(12, "latent size (N-VAE's class_dim + shared_dim)")
+    likelihood: str = likelihood_param()
+    architecture: str = param("mlp", "mlp, cnn (small CNN encoder + MLP decoder) or conv (64x64)", ARCHITECTURES)
+    hidden: int = hidden_param()
+    min_scale: float = min_scale_param()
+
+
+class TraceMeanField_ELBO(pyro.infer.TraceMeanField_ELBO):
+    """Pyro's ``TraceMeanField_ELBO`` (N-VAE's default when supervised: every KL of eq. 3 analytic) with one clear
+    error: called with latent labels (``y=None`` or a ``labelled`` mask), whose guide site is enumerated and not
+    reparameterisable, it says to use ``TraceEnum_ELBO`` instead of Pyro's "must be fully reparameterized"."""
+
+    def _clear(self, method, *args, **kwargs):
+        try:
+            return method(*args, **kwargs)
+        except NotImplementedError as e:
+            if "reparameterized" not in str(e):
+                raise
+            raise InputError("the labels are latent in this call (y=None or a labelled mask) and the guide "
+                             "enumerates them: use TraceEnum_ELBO(max_plate_nesting=1) (the default of "
+                             "NVAE(semi_supervised=True)), not TraceMeanField_ELBO") from None
+
+    def loss(self, model, guide, *args, **kwargs):
+        return self._clear(super().loss, model, guide, *args, **kwargs)
+
+    def differentiable_loss(self, model, guide, *args, **kwargs):
+        return self._clear(super().differentiable_loss, model, guide, *args, **kwargs)
+
+    def loss_and_grads(self, model, guide, *args, **kwargs):
+        return self._clear(super().loss_and_grads, model, guide, *args, **kwargs)
 
 
 class LabelledModel(GroupModel):
@@ -106,8 +180,18 @@ class LabelledModel(GroupModel):
     name = "labelled"
 
     def check_xy(self, x, y, labelled=None, need_labels=True):
-        """Validate images, labels (``0..L-1``, one per image) and the optional labelled mask."""
-        check_images(x, self.config["image_shape"], self.config.get("likelihood"))
+        """Validate images, labels (``0..L-1``, one per image) and the optional labelled mask. Skipped (only moved
+        to ``x``'s device) inside :meth:`trusted_inputs` and while JIT-tracing, so that no check is frozen into a
+        trace and a training step makes no host syncs."""
+        if torch.jit.is_tracing() or not self._checks:
+            def to(v):
+                return v if v is None else v.to(x.device) if torch.is_tensor(v) else torch.as_tensor(v, device=x.device)
+
+            if not torch.jit.is_tracing():
+                check_batchnorm_batch(self, x.shape[0])  # always on (no host sync): a batch of one under BatchNorm
+            return to(y), to(labelled)
+        check_batchnorm_batch(self, x.shape[0])
+        check_model_images(self, x)
         n = x.shape[0]
         if labelled is not None:
             labelled = torch.as_tensor(labelled, device=x.device)
@@ -127,26 +211,29 @@ class LabelledModel(GroupModel):
         return y, labelled
 
     def batch_inputs(self, data, batch, device=None):
-        """``x`` and ``y`` of the batch's rows; ``labelled`` when ``data.extras["labelled"]`` (bool mask over the
-        dataset rows) is present. Group structure is not used."""
+        """``x`` and ``y`` of the batch's rows; ``labelled`` when ``data`` is a
+        :class:`~pyro_groupvae.data.labelled.PartlyLabelledDataset` (its explicit bool mask over the rows). Group
+        structure is not used."""
         device = device or self.device
         idx = batch.indices
         kw = dict(x=data.x[idx].to(device), y=data.y[idx].to(device))
-        mask = data.extras.get("labelled") if data.extras else None
+        mask = getattr(data, "labelled", None)
         if mask is not None:
             kw["labelled"] = torch.as_tensor(mask)[idx].to(device)
         return kw
 
     def _eval_call(self, fn, *args):
-        was_training = self.training
-        self.eval()
-        try:
+        with self.eval_mode():
             return fn(*args)
-        finally:
-            self.train(was_training)
+
+    @torch.no_grad()
+    def sample(self, n, sigma=1.0, generator=None):
+        """``n`` mean images from the prior: labels drawn uniformly (``p(y) = 1/L``), then :meth:`generate`."""
+        y = torch.randint(self.num_classes, (n,), generator=generator)
+        return self.generate(y, sigma, generator=generator)
 
 
-@_register
+@register_model
 class NVAE(LabelledModel):
     r"""The N-VAE model/guide pair.
 
@@ -164,7 +251,8 @@ class NVAE(LabelledModel):
         surrogate's ``y`` site ``log q(y|x)`` -- like the classification weight of Kingma et al.'s M2.
     :param float min_concentration: floor ``c_min`` on every concentration of ``q(pi|x)`` (see :meth:`class_probs`).
     :param bool semi_supervised: recorded in the config (the recipe sets it when ``--labelled-fraction < 1``); the
-        model takes the semi-supervised path whenever ``labelled`` is passed.
+        model takes the semi-supervised path whenever ``labelled`` is passed; the default ELBO is then
+        ``TraceEnum_ELBO`` (the latent labels are enumerated in the guide).
     :param str likelihood: ``"normal"`` or ``"bernoulli"``.
     :param str architecture: ``"mlp"``, ``"cnn"`` (small CNN encoder, MLP decoder) or ``"conv"`` (64x64).
     :param int hidden: hidden units of the MLPs.
@@ -172,19 +260,24 @@ class NVAE(LabelledModel):
     """
 
     name = "nvae"
+    Config = NVAEConfig
+    latent_sites = ("z_c", "z_s", "pi")
 
-    def __init__(self, image_shape=(1, 28, 28), num_classes=10, class_dim=2, shared_dim=10, alpha_p=0.1,
-                 alpha_q=None, beta_c=2.0, bias=True, class_objective="kl", semi_supervised=False,
-                 class_weight=1.0, min_concentration=0.02, likelihood="normal", architecture="mlp", hidden=500,
-                 min_scale=0.05):
-        image_shape = tuple(int(v) for v in image_shape)
-        if alpha_q is None:
-            alpha_q = num_classes * alpha_p + 1.0
-        super().__init__(image_shape=image_shape, num_classes=num_classes, class_dim=class_dim,
-                         shared_dim=shared_dim, alpha_p=alpha_p, alpha_q=alpha_q, beta_c=beta_c, bias=bias,
-                         class_objective=class_objective, semi_supervised=semi_supervised, class_weight=class_weight,
-                         min_concentration=min_concentration, likelihood=likelihood,
-                         architecture=architecture, hidden=hidden, min_scale=min_scale)
+    def normalize_config(self, cfg):
+        cfg = super().normalize_config(cfg)
+        if cfg.alpha_q is None:
+            cfg = replace(cfg, alpha_q=cfg.num_classes * cfg.alpha_p + 1.0)
+        return cfg
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        c = self.cfg
+        image_shape, num_classes, class_dim, shared_dim = c.image_shape, c.num_classes, c.class_dim, c.shared_dim
+        alpha_p, alpha_q, beta_c, bias = c.alpha_p, c.alpha_q, c.beta_c, c.bias
+        class_objective, semi_supervised, class_weight = c.class_objective, c.semi_supervised, c.class_weight
+        min_concentration, likelihood, architecture, hidden = (c.min_concentration, c.likelihood, c.architecture,
+                                                               c.hidden)
+        min_scale = c.min_scale
         if class_objective not in ("kl", "surrogate"):
             raise ValueError(f"class_objective must be 'kl' or 'surrogate', got {class_objective!r}")
         if semi_supervised and class_objective != "kl":
@@ -211,12 +304,19 @@ class NVAE(LabelledModel):
         self.class_head = nn.Linear(self.trunk.out_features, num_classes)
 
     def default_elbo(self):
-        return pyro.infer.TraceMeanField_ELBO()
+        """``TraceMeanField_ELBO`` (analytic KLs, eq. 3); ``TraceEnum_ELBO`` when semi-supervised (latent labels
+        are enumerated in the guide)."""
+        if self.semi_supervised:
+            return pyro.infer.TraceEnum_ELBO(max_plate_nesting=1)
+        return TraceMeanField_ELBO()
 
     # ------------------------------------------------------------------ pieces
-    def class_prior(self, device=None):
-        """``p(pi) = Dir(alpha_p 1_L)`` as a :class:`DirichletClassPrior`."""
-        return DirichletClassPrior.symmetric(self.alpha_p, self.num_classes, device=device)
+    def class_prior(self, device=None, dtype=None):
+        """``p(pi) = Dir(alpha_p 1_L)`` as a :class:`DirichletClassPrior` (on the model's device and dtype unless
+        given)."""
+        p = next(self.parameters())
+        return DirichletClassPrior.symmetric(self.alpha_p, self.num_classes, device=device or p.device,
+                                             dtype=dtype or p.dtype)
 
     def decoder_input(self, y, z_c, z_s):
         r"""``[z_cy, z_s]`` with ``z_cy = vec(c_y ⊙ [1_L, Z_c])`` (without the ``1_L`` column if ``bias=False``).
@@ -255,100 +355,127 @@ class NVAE(LabelledModel):
         return self.alpha_q * self.class_probs(logits)
 
     # ------------------------------------------------------------------ model
-    def model(self, x, y=None, labelled=None):
+    def _size(self, x, y, num_obs):
+        """``(n, device, dtype)`` of a call: from ``x``, else (prior predictive, ``x=None``) from ``y`` or
+        ``num_obs``."""
+        p = next(self.parameters())
+        if x is not None:
+            return x.shape[0], x.device, x.dtype
+        if y is not None:
+            return len(y), p.device, p.dtype
+        if num_obs is None:
+            raise InputError("with x=None give y (class-conditional generation) or num_obs (how many images)")
+        return int(num_obs), p.device, p.dtype
+
+    def _label_site(self, p_y, y, labelled, device):
+        """The ``y`` site; returns its value (observed labels, a sample, or Pyro's enumerated values).
+
+        ``labelled=None``: ``y`` observed when given, otherwise a latent. With a ``labelled`` mask Pyro splits the
+        site (``obs_mask``) into ``y_observed`` (labelled rows) and the latent ``y_unobserved``; the returned
+        value interleaves them. Placeholder labels of unlabelled rows are never read.
+        """
+        if labelled is None:
+            return pyro.sample("y", p_y, obs=y)
+        labelled = labelled.to(device)
+        y = torch.zeros_like(labelled, dtype=torch.long) if y is None else \
+            torch.where(labelled, y.to(device), torch.zeros_like(y, device=device))
+        return pyro.sample("y", p_y, obs=y, obs_mask=labelled)
+
+    def model(self, x=None, y=None, labelled=None, num_obs=None):
         r"""p(x, y, z, pi) = p(x | y, z) p(pi | y) p(y) p(z)  (= p(x|y,z) p(y|pi) p(pi) p(z)).
 
-        :param x: images ``(N, C, H, W)``.
-        :param y: labels ``(N,)`` in ``0..L-1``.
-        :param labelled: optional bool ``(N,)``: which labels are known (semi-supervised path, see the module
-            docstring); ``None``: all known (eq. 3 path).
+        Every value downstream of ``y`` (``p(pi|y)``, the decoder input) is the value the ``y`` site returns, so
+        ``poutine.condition``/``do`` on ``y``, ``Predictive`` and ``infer_discrete`` see the model as written.
+
+        :param x: images ``(N, C, H, W)``; ``None``: generate (``N`` from ``y`` or ``num_obs``).
+        :param y: labels ``(N,)`` in ``0..L-1`` (observed); ``None``: ``y`` is a latent.
+        :param labelled: optional bool ``(N,)``: which labels are known (semi-supervised, see the module
+            docstring): ``y`` is observed on those rows and a latent (site ``y_unobserved``) on the others.
+        :param int num_obs: number of images to generate when ``x`` and ``y`` are ``None``.
         """
-        y, labelled = self.check_xy(x, y, labelled, need_labels=labelled is None)
+        n, device, dtype = self._size(x, y, num_obs)
+        if x is not None:
+            y, labelled = self.check_xy(x, y, labelled, need_labels=False)
+        elif y is not None:
+            y = torch.as_tensor(y, device=device)
         self.register()
-        n = x.shape[0]
-        prior = self.class_prior(x.device)
-        supervised = labelled is None
-        if not supervised and self.class_objective != "kl":
+        prior = self.class_prior(device, dtype)
+        if labelled is not None and self.class_objective != "kl":
             raise InputError("unlabelled rows (labelled=...) need class_objective='kl'; the eq. 6 surrogate is "
                              "defined for labelled data only")
+        checks = self._checks and not torch.jit.is_tracing()
         with pyro.plate("observations", n, dim=-1):
-            if supervised and self.class_objective == "surrogate":
+            if self.class_objective == "surrogate":
                 # eq. 6: the class term is log q(y|x) (the encoder is registered with the model)
-                probs = self.class_probs(self.encode_params(x)[-1])
+                # (generating, x=None: there is no q(y|x); the label follows the prior p(y) = 1/L)
+                p_y = prior.class_marginal() if x is None else \
+                    dist.Categorical(probs=self.class_probs(self.encode_params(x)[-1]))
                 with poutine.scale(scale=self.class_weight):
-                    pyro.sample("y", dist.Categorical(probs=probs), obs=y)
-            elif supervised:
-                pyro.sample("y", prior.class_marginal(), obs=y)                   # log p(y) = -log L
-                with poutine.scale(scale=self.class_weight):
-                    pyro.sample("pi", prior.update(y))                             # p(pi | y), KL analytic
+                    y = pyro.sample("y", p_y, obs=y)
             else:
-                # semi-supervised: pi ~ p(pi) (KL analytic); y is summed out below, together with x
-                pi = pyro.sample("pi", prior)
-                if self.class_weight != 1.0 and y is not None:
-                    # extra (gamma - 1) share of the labelled rows' class term, analytic
-                    conc = self.q_pi_concentration(self.encode_params(x)[-1])
-                    extra = (self.class_weight - 1.0) * class_bound_terms(conc, y, self.alpha_p)
-                    pyro.factor("class_weight", torch.where(labelled, extra, torch.zeros_like(extra)),
-                                has_rsample=True)
+                y = self._label_site(prior.class_marginal(), y, labelled, device)  # log p(y) = -log L
+                with poutine.scale(scale=self.class_weight):
+                    pyro.sample("pi", prior.update(y, check=checks))               # p(pi | y), KL analytic
+            zeros = torch.zeros((), device=device, dtype=dtype)
             with poutine.scale(scale=self.beta_c):
-                z_c = pyro.sample("z_c", dist.Normal(x.new_zeros(self.num_classes, self.class_dim), 1.0).to_event(2))
-            z_s = pyro.sample("z_s", dist.Normal(x.new_zeros(self.shared_dim), 1.0).to_event(1))
-            if supervised:
-                out, log_var = self.decoder(self.decoder_input(y, z_c, z_s))
-                pyro.sample("x", self.likelihood(out, log_var), obs=x)
-            else:
-                self._marginal_x_and_label(x, y, labelled, pi, z_c, z_s)
-
-    def _marginal_x_and_label(self, x, y, labelled, pi, z_c, z_s):
-        r"""Semi-supervised term, y summed out: ``log sum_y pi_y [y = label if labelled] p(x | y, z)``.
-
-        With ``pi ~ p(pi)`` this is the same joint as the supervised path (``p(pi) pi_y = p(y) p(pi|y)``): a
-        labelled row gets exactly the supervised bound, an unlabelled one ``log p(pi) + log sum_y pi_y p(x|y,z)``.
-        All ``L`` classes are decoded in one batched call (an explicit enumeration dimension in front).
-        """
-        L = self.num_classes
-        ys = torch.arange(L, device=x.device).reshape((L,) + (1,) * (z_s.dim() - 1))
-        out, log_var = self.decoder(self.decoder_input(ys, z_c, z_s))
-        log_px = self.likelihood(out, log_var).log_prob(x)  # (L, ..., N)
-        log_pi = torch.log(pi.clamp_min(torch.finfo(pi.dtype).tiny)).to(log_px.dtype).movedim(-1, 0)
-        joint = log_px + log_pi
-        if y is not None:
-            allowed = ~labelled | (ys == y)  # a known label is a noiseless reading of y
-            joint = torch.where(allowed, joint, torch.full_like(joint, -math.inf))
-        pyro.factor("x_and_label", torch.logsumexp(joint, 0), has_rsample=True)
+                z_c = pyro.sample("z_c", dist.Normal(zeros.expand(self.num_classes, self.class_dim), 1.0)
+                                  .to_event(2))
+            z_s = pyro.sample("z_s", dist.Normal(zeros.expand(self.shared_dim), 1.0).to_event(1))
+            out, log_var = self.decoder(self.decoder_input(y, z_c, z_s))
+            pyro.sample("x", self.likelihood(out, log_var), obs=x)
 
     # ------------------------------------------------------------------ guide
-    def guide(self, x, y=None, labelled=None):
-        """q(z_c, z_s, pi | x) = q(z|x) q(pi|x); arguments as :meth:`model` (the guide does not look at ``y``)."""
-        _, labelled = self.check_xy(x, y, labelled, need_labels=False)
+    def guide(self, x, y=None, labelled=None, num_obs=None):
+        r"""q(z_c, z_s, pi, y | x) = q(z|x) q(pi|x) [q(y|x)]; arguments as :meth:`model`.
+
+        Latent labels are enumerated *in the guide* (``infer={"enumerate": "parallel"}``, as in Pyro's
+        ``examples/vae/ss_vae_M2.py``) with ``q(y|x) = alpha(x) = E_q[pi]`` (:meth:`class_probs`):
+        ``TraceEnum_ELBO`` then computes ``sum_y q(y|x) [log p(y) + log p(pi|y) + log p(x|y,z) - log q(y|x)]``
+        exactly, an expectation that cannot underflow (the model-side contraction of ``log p(x|y,z)``, which
+        spans hundreds of nats over ``y``, underflows float32). With a ``labelled`` mask the guide's
+        ``y_unobserved`` is a point mass at the known label on labelled rows (``-inf`` logits elsewhere, which
+        ``TraceEnum_ELBO`` drops), so those rows keep the supervised bound.
+        """
+        y, labelled = self.check_xy(x, y, labelled, need_labels=False)  # (moved to x's device only, if trusted)
         self.register()
         c_loc, c_lv, s_loc, s_lv, logits = self.encode_params(x)
         with pyro.plate("observations", x.shape[0], dim=-1):
             if self.class_objective == "kl":
-                # the class weight scales pi in the supervised model only (see model)
                 # drawn in float64, whose range holds the tiny components a float32 draw would clamp (the
-                # semi-supervised term uses log pi_y at the sample)
-                with poutine.scale(scale=self.class_weight if labelled is None else 1.0):
+                # enumerated bound evaluates log pi_y at the sample)
+                with poutine.scale(scale=self.class_weight):
                     pyro.sample("pi", Float64Dirichlet(self.q_pi_concentration(logits)))
             with poutine.scale(scale=self.beta_c):
                 pyro.sample("z_c", dist.Normal(c_loc, torch.exp(0.5 * c_lv)).to_event(2))
             pyro.sample("z_s", dist.Normal(s_loc, torch.exp(0.5 * s_lv)).to_event(1))
+            if self.class_objective == "kl" and (y is None or labelled is not None):
+                log_q = torch.log(self.class_probs(logits))
+                enum = {"enumerate": "parallel"}
+                if labelled is None:
+                    pyro.sample("y", dist.Categorical(logits=log_q), infer=enum)
+                else:
+                    labelled = labelled.to(x.device)
+                    known = torch.zeros_like(labelled, dtype=torch.long) if y is None else \
+                        torch.where(labelled, y.to(x.device), torch.zeros_like(y, device=x.device))
+                    point = torch.where(nn.functional.one_hot(known, self.num_classes).bool(), 0.0, -math.inf)
+                    pyro.sample("y_unobserved", dist.Categorical(
+                        logits=torch.where(labelled.unsqueeze(-1), point.to(log_q.dtype), log_q)), infer=enum)
 
     # ------------------------------------------------------------------ user API
     @torch.no_grad()
     def classify(self, x):
         r"""Class probabilities ``q(y|x) = E_{q(pi|x)}[pi] = alpha(x)`` (:meth:`class_probs`), shape ``(N, L)``."""
-        check_images(x, self.image_shape, self.config.get("likelihood"))
+        check_model_images(self, x)
         return self._eval_call(lambda v: self.class_probs(self.encode_params(v)[-1]), x)
 
     @torch.no_grad()
-    def encode(self, x):
-        """Posteriors: ``(z_c, z_s, q_pi)``: Normals with batch shapes ``(N, L, class_dim)``, ``(N, shared_dim)``
-        and the Dirichlet ``q(pi|x)``."""
-        check_images(x, self.image_shape, self.config.get("likelihood"))
+    def encode(self, x, group=None, y=None):
+        """Posteriors ``{"z_c": Normal (N, L, class_dim), "z_s": Normal (N, shared_dim), "pi": Dirichlet q(pi|x)
+        (N,) x (L,)}``. The guide does not look at labels or groups: ``group`` and ``y`` are ignored."""
+        check_model_images(self, x)
         c_loc, c_lv, s_loc, s_lv, logits = self._eval_call(self.encode_params, x)
-        return (dist.Normal(c_loc, torch.exp(0.5 * c_lv)), dist.Normal(s_loc, torch.exp(0.5 * s_lv)),
-                dist.Dirichlet(self.q_pi_concentration(logits)))
+        return {"z_c": dist.Normal(c_loc, torch.exp(0.5 * c_lv)), "z_s": dist.Normal(s_loc, torch.exp(0.5 * s_lv)),
+                "pi": dist.Dirichlet(self.q_pi_concentration(logits))}
 
     @torch.no_grad()
     def decode(self, y, z_c, z_s):
@@ -373,15 +500,15 @@ class NVAE(LabelledModel):
         return self.decode(y, z_c, z_s)
 
     @torch.no_grad()
-    def reconstruct(self, x, y=None):
+    def reconstruct(self, x, group=None, y=None):
         """Mean reconstruction from the posterior means, with the given labels or the predicted class."""
-        z_c, z_s, _ = self.encode(x)
+        post = self.encode(x)
         if y is None:
             y = self.classify(x).argmax(-1)
-        return self.decode(y, z_c.mean, z_s.mean)
+        return self.decode(y, post["z_c"].mean, post["z_s"].mean)
 
 
-@_register
+@register_model
 class CVAE(LabelledModel):
     r"""Conditional VAE baseline (Sohn et al. 2015 as used in the N-VAE paper's fig. 9) with the same networks::
 
@@ -393,12 +520,15 @@ class CVAE(LabelledModel):
     """
 
     name = "cvae"
+    Config = CVAEConfig
+    latent_sites = ("z",)
+    needs_labels = True
 
-    def __init__(self, image_shape=(1, 28, 28), num_classes=10, latent_dim=12, likelihood="normal",
-                 architecture="mlp", hidden=500, min_scale=0.05):
-        image_shape = tuple(int(v) for v in image_shape)
-        super().__init__(image_shape=image_shape, num_classes=num_classes, latent_dim=latent_dim,
-                         likelihood=likelihood, architecture=architecture, hidden=hidden, min_scale=min_scale)
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        c = self.cfg
+        image_shape, num_classes, latent_dim = c.image_shape, c.num_classes, c.latent_dim
+        architecture, hidden, likelihood, min_scale = c.architecture, c.hidden, c.likelihood, c.min_scale
         self.image_shape, self.num_classes, self.latent_dim = image_shape, num_classes, latent_dim
         self.trunk, self.decoder = make_networks(architecture, image_shape, hidden, num_classes + latent_dim)
         self.likelihood = ImageLikelihood(image_shape, likelihood, min_scale)
@@ -407,14 +537,21 @@ class CVAE(LabelledModel):
     def _c(self, y, like):
         return nn.functional.one_hot(y, self.num_classes).to(like.dtype)
 
-    def model(self, x, y=None, labelled=None):
-        """p(x, z | y) = p(z) p(x | y, z)."""
-        y, labelled = self.check_xy(x, y, labelled)
-        if labelled is not None and not bool(labelled.all()):
-            raise InputError("the CVAE needs every label (it has no semi-supervised mode)")
+    def model(self, x=None, y=None, labelled=None):
+        """p(x, z | y) = p(z) p(x | y, z); ``x=None`` generates one image per label ``y``."""
+        if y is None:
+            raise InputError("y (class labels) is required: the CVAE conditions on them")
+        if x is None:
+            like = next(self.parameters())
+            y = torch.as_tensor(y, device=like.device)
+        else:
+            like = x
+            y, labelled = self.check_xy(x, y, labelled)
+            if labelled is not None and self._checks and not torch.jit.is_tracing() and not bool(labelled.all()):
+                raise InputError("the CVAE needs every label (it has no semi-supervised mode)")
         self.register()
-        with pyro.plate("observations", x.shape[0], dim=-1):
-            z = pyro.sample("z", dist.Normal(x.new_zeros(self.latent_dim), 1.0).to_event(1))
+        with pyro.plate("observations", y.shape[0], dim=-1):
+            z = pyro.sample("z", dist.Normal(like.new_zeros(self.latent_dim), 1.0).to_event(1))
             c = self._c(y, z)
             out, log_var = self.decoder(torch.cat([c.expand(z.shape[:-1] + c.shape[-1:]), z], -1))
             pyro.sample("x", self.likelihood(out, log_var), obs=x)
@@ -428,7 +565,24 @@ class CVAE(LabelledModel):
             pyro.sample("z", dist.Normal(loc, torch.exp(0.5 * log_var)).to_event(1))
 
     @torch.no_grad()
+    def encode(self, x, group=None, y=None):
+        """Posterior ``{"z": Normal (N, latent_dim)}`` of ``q(z | x, y)``: needs the labels ``y`` ``(N,)``
+        (``group`` is ignored: the CVAE has no group latent)."""
+        if y is None:
+            raise InputError("CVAE.encode needs the labels: encode(x, y=labels), q(z|x,y) is conditioned on them")
+        y, _ = self.check_xy(x, y)
+        with self.eval_mode():
+            loc, log_var = self.z_head(torch.cat([self.trunk(x), self._c(y, x)], -1))
+        return {"z": dist.Normal(loc, torch.exp(0.5 * log_var))}
+
+    @torch.no_grad()
+    def reconstruct(self, x, group=None, y=None):
+        """Mean reconstruction of ``x`` with its labels ``y`` from the posterior mean of ``z``."""
+        return self.decode(y, self.encode(x, y=y)["z"].mean)
+
+    @torch.no_grad()
     def decode(self, y, z):
+        """Mean images for labels ``y (N,)`` and latents ``z (N, latent_dim)``."""
         y = torch.as_tensor(y, device=z.device).long()
         out, _ = self._eval_call(lambda v: self.decoder(v), torch.cat([self._c(y, z), z], -1))
         return self.likelihood.mean(out)

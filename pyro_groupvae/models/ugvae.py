@@ -21,6 +21,13 @@ holds ``G x B`` observations, laid out as a ``(G, B)`` grid; all groups of one c
 ``B`` (the paper's random batches do; :class:`~pyro_groupvae.data.RandomBatchSampler` with ``drop_last`` gives
 exactly this). The discrete ``d`` is enumerated (``infer={"enumerate": "parallel"}``) and the ELBO is
 ``TraceEnum_ELBO(max_plate_nesting=2)``: the enumeration dimension is ``-3`` (``-4`` with vectorised particles).
+The grid holds the rows ``x[order]`` (group after group); ``model``/``guide`` return ``order``
+(:meth:`UGVAE.grid_order`), and :meth:`UGVAE.to_caller_order` puts site values back in the caller's row order.
+``x=None`` generates (prior ``Predictive``) on the grid given by ``group_index``.
+
+Pyro limitation: ``TraceEnum_ELBO.compute_marginals`` fails with a single group (``KeyError``, a plate of size
+one); pad the batch with a copy of the group as a second group (groups are independent in model and guide) and
+read group 0 (pinned by tests/test_conformance.py).
 
 Two objectives, chosen by ``objective``:
 
@@ -37,12 +44,9 @@ Two objectives, chosen by ``objective``:
   depend on ``d``, so the paper's ``E_q(d)[KL(q(beta)||p(beta))]`` is just ``KL(q(beta)||p(beta))``.
 
   The paper writes the ``z`` KL in closed form, ``sum_k pi_k(z_i) KL(q(z_i|x_i) || p(z_i|k, beta))`` (the
-  official code does the same). :meth:`UGVAE.paper_elbo` computes both forms; the tests check that
-  (1) the Monte Carlo form equals ``TraceEnum_ELBO`` exactly on a replayed sample, (2) both equal a brute-force
-  sum over all ``K^N`` joint assignments of ``d``, (3) when ``pi`` does not depend on ``z`` the Monte Carlo form
-  averages to the closed form, and (4) when it does (the model as specified: ``q(d_i | z_i)``), the closed form
-  is *not* the expectation of the ELBO: the weights ``pi_k(z_i)`` are evaluated at the sampled ``z_i`` while the
-  KL integrates over all ``z_i``. Our objective (Pyro's) is the unbiased estimate of the true ELBO.
+  official code does the same). With ``q(d_i | z_i)`` depending on ``z_i`` that is *not* the expectation of the
+  ELBO (the weights are evaluated at the sampled ``z_i`` while the KL integrates over all ``z_i``); Pyro's
+  Monte Carlo form is the unbiased estimate, so we use it. :meth:`UGVAE.paper_elbo` computes both forms.
 
 * ``"marginal"``: ``d`` is enumerated *in the model* and absent from the guide, so the ELBO contains the exact
   mixture density ``log sum_k (1/K) p(z_i | k, beta)`` (a log-sum-exp over clusters). This is a tighter bound
@@ -51,8 +55,7 @@ Two objectives, chosen by ``objective``:
 Choices where the paper is silent (or lacks its supplement), with reasons:
 
 * Defaults ``K=10``, ``local_dim=10``, ``global_dim=20``: the paper's ``K`` for MNIST and the dimensions of the
-  authors' public MNIST configuration. With ``global_dim=10`` our even-vs-odd batch classification from beta
-  samples was 0.80 instead of 0.98 (same seed, docs/results.md, UG-VAE).
+  authors' public MNIST configuration (a smaller ``global_dim`` classified batches worse: docs/results.md, UG-VAE).
 
 * The ``K`` cluster networks (eq. 3) are one batched module (:class:`ClusterNets`, ``K`` independent two-layer
   MLPs evaluated in one ``einsum``): "as many NNs as discrete categories" without a Python loop.
@@ -68,6 +71,7 @@ Choices where the paper is silent (or lacks its supplement), with reasons:
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import pyro
 import pyro.distributions as dist
@@ -79,7 +83,8 @@ from torch import nn
 
 from ..distributions import ProductOfNormals
 from ..validation import InputError, relabel
-from .base import GroupModel
+from .base import (GroupModel, hidden_param, image_shape_param, likelihood_param, min_scale_param, param,
+                   register_model)
 from .nets import GaussianHead, ImageLikelihood, make_decoder, make_encoder_trunk, mlp
 
 __all__ = ["UGVAE", "ClusterNets", "group_layout"]
@@ -121,13 +126,15 @@ class ClusterNets(nn.Module):
         return loc, _squash(log_var, self.max_abs_log_var)
 
 
-def group_layout(group_index, num_groups, n):
+def group_layout(group_index, num_groups, n, check=True):
     """Order and size for viewing ``n`` observations in ``num_groups`` equal groups as a ``(G, B)`` grid.
 
     :returns: ``(order, B)``: ``order`` a permutation putting the rows group after group (stable), ``B`` the
         common group size.
     :raises InputError: groups of different sizes (nested plates need a rectangular batch).
     """
+    if not check or torch.jit.is_tracing():  # trusted inputs: no host sync, nothing frozen into a JIT trace
+        return torch.argsort(group_index, stable=True), n // num_groups
     counts = torch.bincount(group_index, minlength=num_groups)
     if not bool((counts == counts[0]).all()):
         raise InputError(
@@ -138,6 +145,26 @@ def group_layout(group_index, num_groups, n):
     return order, int(counts[0])
 
 
+@dataclass
+class UGVAEConfig:
+    """Options of :class:`UGVAE` (field order = positional order of the constructor)."""
+
+    image_shape: tuple = image_shape_param()
+    num_clusters: int = param(10, "K, values of the discrete d")
+    local_dim: int = param(10, "dimension of the local latent z")
+    global_dim: int = param(20, "dimension of the global latent beta")
+    likelihood: str = likelihood_param()
+    architecture: str = param("mlp", "mlp (28x28) or conv (64x64)", ("mlp", "conv"))
+    hidden: int = hidden_param()
+    cluster_hidden: int = param(64, "hidden units of each of the K prior networks and of q(d|z)")
+    global_hidden: int = param(128, "hidden units of the per-sample beta encoder")
+    objective: str = param("paper", "paper: d enumerated in the guide (eqs. 10-11); marginal: d summed out in "
+                                    "the model", ("paper", "marginal"))
+    min_scale: float = min_scale_param()
+    max_abs_log_var: float = param(5.0, "bound on every log-variance")
+
+
+@register_model
 class UGVAE(GroupModel):
     r"""The UG-VAE model/guide pair (see the module docstring for the equations and Pyro layout).
 
@@ -156,15 +183,17 @@ class UGVAE(GroupModel):
     """
 
     name = "ugvae"
+    Config = UGVAEConfig
+    latent_sites = ("beta", "z")
+    group_site = "beta"
 
-    def __init__(self, image_shape=(1, 28, 28), num_clusters=10, local_dim=10, global_dim=20,
-                 likelihood="normal", architecture="mlp", hidden=500, cluster_hidden=64, global_hidden=128,
-                 objective="paper", min_scale=0.05, max_abs_log_var=5.0):
-        image_shape = tuple(int(v) for v in image_shape)
-        super().__init__(image_shape=image_shape, num_clusters=num_clusters, local_dim=local_dim,
-                         global_dim=global_dim, likelihood=likelihood, architecture=architecture, hidden=hidden,
-                         cluster_hidden=cluster_hidden, global_hidden=global_hidden, objective=objective,
-                         min_scale=min_scale, max_abs_log_var=max_abs_log_var)
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        c = self.cfg
+        image_shape, num_clusters, local_dim, global_dim = c.image_shape, c.num_clusters, c.local_dim, c.global_dim
+        likelihood, architecture, hidden, objective = c.likelihood, c.architecture, c.hidden, c.objective
+        cluster_hidden, global_hidden, min_scale, max_abs_log_var = (c.cluster_hidden, c.global_hidden,
+                                                                     c.min_scale, c.max_abs_log_var)
         if objective not in ("paper", "marginal"):
             raise ValueError(f"objective must be 'paper' or 'marginal', got {objective!r}")
         for arg, v in [("num_clusters", num_clusters), ("local_dim", local_dim), ("global_dim", global_dim)]:
@@ -190,11 +219,41 @@ class UGVAE(GroupModel):
 
     # ------------------------------------------------------------------ layout
     def _grid(self, x, group_index, num_groups):
-        """``x`` as a ``(G, B, C, H, W)`` grid and the permutation used (rows group after group)."""
-        group_index, num_groups = self.check_inputs(x, group_index, num_groups) if group_index is not None else \
-            self.check_inputs(x, torch.zeros(x.shape[0], dtype=torch.long, device=x.device), 1)
-        order, b = group_layout(group_index, num_groups, x.shape[0])
-        return x[order].reshape((num_groups, b) + x.shape[1:]), order
+        """``x`` as a ``(G, B, C, H, W)`` grid and the permutation used (rows group after group).
+
+        ``x=None`` (prior predictive): the grid is ``None`` and its shape comes from ``group_index``."""
+        if x is None:
+            if group_index is None:
+                raise InputError("with x=None give group_index (equal-sized groups): which of the generated "
+                                 "images share a global latent")
+            group_index = torch.as_tensor(group_index, device=self.device)
+            num_groups = int(group_index.max()) + 1 if num_groups is None else num_groups
+            order, b = group_layout(group_index, num_groups, group_index.shape[0])
+            return None, order, (num_groups, b)
+        if group_index is None:
+            group_index, num_groups = torch.zeros(x.shape[0], dtype=torch.long, device=x.device), 1
+        group_index, num_groups = self.check_inputs(x, group_index, num_groups)
+        order, b = group_layout(group_index, num_groups, x.shape[0], check=self._checks)
+        return x[order].reshape((num_groups, b) + x.shape[1:]), order, (num_groups, b)
+
+    def grid_order(self, group_index=None, num_groups=None, n=None):
+        """The permutation ``order`` (LongTensor ``(N,)``) of the Pyro layout: site values of :meth:`model` and
+        :meth:`guide` live on a ``(G, B)`` grid whose flattened row ``k`` is image ``order[k]`` of the caller
+        (``model``/``guide`` also return it). :meth:`to_caller_order` undoes it."""
+        if group_index is None:
+            return torch.arange(n, device=self.device)
+        group_index = torch.as_tensor(group_index)
+        num_groups = int(group_index.max()) + 1 if num_groups is None else num_groups
+        return group_layout(group_index, num_groups, group_index.shape[0])[0]
+
+    @staticmethod
+    def to_caller_order(value, order, event_dims=0):
+        """A site value on the ``(..., G, B, *event)`` grid as ``(..., N, *event)`` rows in the caller's order
+        (``order`` from :meth:`grid_order` or the model's return value)."""
+        shape = value.shape
+        batch = shape[:len(shape) - event_dims - 2]
+        flat = value.reshape(batch + (-1,) + shape[len(shape) - event_dims:])
+        return flat.index_select(len(batch), torch.argsort(order.to(value.device)))
 
     def _plates(self, num_groups, b):
         return pyro.plate("groups", num_groups, dim=-2), pyro.plate("observations", b, dim=-1)
@@ -211,26 +270,30 @@ class UGVAE(GroupModel):
         return self.decoder(latent)
 
     # ------------------------------------------------------------------ model (eqs. 1-4)
-    def model(self, x, group_index=None, num_groups=None):
+    def model(self, x=None, group_index=None, num_groups=None):
         """p(X, Z, d, beta) = prod_g p(beta_g) prod_{i in g} p(d_i) p(z_i | d_i, beta_g) p(x_i | z_i, beta_g).
 
-        :param x: images ``(N, C, H, W)``.
+        Sites live on the ``(G, B)`` grid of rows ``x[order]``; returns ``order`` (see :meth:`grid_order`).
+
+        :param x: images ``(N, C, H, W)``; ``None``: generate (prior predictive), laid out by ``group_index``.
         :param group_index: LongTensor ``(N,)``, group of each image (``0..num_groups-1``, equal group sizes);
             ``None``: the whole ``x`` is one group (one random batch).
         :param int num_groups: number of groups.
         """
-        xg, _ = self._grid(x, group_index, num_groups)
+        xg, order, (g, b) = self._grid(x, group_index, num_groups)
         self.register()
-        groups, obs = self._plates(xg.shape[0], xg.shape[1])
+        groups, obs = self._plates(g, b)
         enum = {"enumerate": "parallel"} if self.objective == "marginal" else {}
+        like = x if x is not None else next(self.parameters())
         with groups:
-            beta = pyro.sample("beta", dist.Normal(x.new_zeros(self.global_dim), 1.0).to_event(1))
+            beta = pyro.sample("beta", dist.Normal(like.new_zeros(self.global_dim), 1.0).to_event(1))
             loc, scale = self.prior_components(beta)  # (..., G, 1, K, local_dim)
             with obs:
-                d = pyro.sample("d", dist.Categorical(logits=x.new_zeros(self.K)), infer=enum)
+                d = pyro.sample("d", dist.Categorical(logits=like.new_zeros(self.K)), infer=enum)
                 z = pyro.sample("z", dist.Normal(Vindex(loc)[..., d, :], Vindex(scale)[..., d, :]).to_event(1))
                 out, log_var = self._decode_out(z, beta)
                 pyro.sample("x", self.likelihood(out, log_var), obs=xg)
+        return order
 
     # ------------------------------------------------------------------ guide (eqs. 5-9)
     def local_posterior(self, x):
@@ -253,9 +316,8 @@ class UGVAE(GroupModel):
 
         ``beta`` is sampled before ``d``: it depends on ``pi(z)``, not on the value of ``d``, so the order is the
         same factorisation as eq. 5, and Pyro's plate-independence check wants the group-level site first."""
-        xg, _ = self._grid(x, group_index, num_groups)
+        xg, order, (g, b) = self._grid(x, group_index, num_groups)
         self.register()
-        g, b = xg.shape[:2]
         groups, obs = self._plates(g, b)
         z_loc, z_lv, h = self.local_posterior(xg)
         with groups:
@@ -269,6 +331,7 @@ class UGVAE(GroupModel):
             if self.objective == "paper":
                 with obs:
                     pyro.sample("d", dist.Categorical(probs=pi), infer={"enumerate": "parallel"})
+        return order
 
     # ------------------------------------------------------------------ the paper's objective, by hand
     def paper_elbo(self, x, group_index=None, num_groups=None, analytic=False, trace=None):
@@ -286,7 +349,7 @@ class UGVAE(GroupModel):
             the same sample); otherwise they are drawn here.
         :returns: a scalar tensor (differentiable).
         """
-        xg, _ = self._grid(x, group_index, num_groups)
+        xg = self._grid(x, group_index, num_groups)[0]
         z_loc, z_lv, h = self.local_posterior(xg)
         q_z = dist.Normal(z_loc, torch.exp(0.5 * z_lv))
         z = trace.nodes["z"]["value"] if trace is not None else q_z.rsample()
@@ -319,11 +382,6 @@ class UGVAE(GroupModel):
         return local.sum() - kl_beta.sum()
 
     # ------------------------------------------------------------------ user API
-    def _eval_mode(self):
-        was = self.training
-        self.eval()
-        return was
-
     @torch.no_grad()
     def encode_groups(self, x, group_index=None, num_groups=None):
         """Posteriors of the batch's global latents: ``(beta, z, pi)``.
@@ -339,37 +397,37 @@ class UGVAE(GroupModel):
         if group_index is None:
             group_index, num_groups = torch.zeros(x.shape[0], dtype=torch.long, device=x.device), 1
         group_index, num_groups = self.check_inputs(x, group_index, num_groups)
-        was = self._eval_mode()
-        z_loc, z_lv, h = self.local_posterior(x)
-        pi = self.cluster_probs(z_loc)
-        b_loc, b_lv = self.global_factors(h, pi)
+        with self.eval_mode():
+            z_loc, z_lv, h = self.local_posterior(x)
+            pi = self.cluster_probs(z_loc)
+            b_loc, b_lv = self.global_factors(h, pi)
         q = ProductOfNormals.from_observations(b_loc, log_var=b_lv, group_index=group_index, num_groups=num_groups)
-        self.train(was)
         return dist.Normal(q.loc, q.scale), dist.Normal(z_loc, torch.exp(0.5 * z_lv)), pi
 
     @torch.no_grad()
-    def encode(self, x, group_ids=None):
-        """``(beta, z)`` posteriors per image, as :meth:`MLVAE.encode <pyro_groupvae.models.MLVAE.encode>` does:
-        row ``i`` of ``beta`` is the posterior of the global latent of image ``i``'s group.
+    def encode(self, x, group=None):
+        """Posteriors per image, ``{"beta": Normal (N, global_dim), "z": Normal (N, local_dim), "d": Categorical
+        q(d|z) (N,) at the posterior mean of z}``, as :meth:`MLVAE.encode <pyro_groupvae.models.MLVAE.encode>`
+        does: row ``i`` of ``beta`` is the posterior of the global latent of image ``i``'s group.
 
-        :param group_ids: any integer ids ``(N,)``; ``None``: all of ``x`` is one batch (UG-VAE's unit).
+        :param group: any integer ids ``(N,)``; ``None``: all of ``x`` is one batch (UG-VAE's unit).
         """
-        if group_ids is None:
+        if group is None:
             group_index, num_groups = torch.zeros(x.shape[0], dtype=torch.long, device=x.device), 1
         else:
-            group_ids = torch.as_tensor(group_ids, device=x.device)
-            if group_ids.shape != (x.shape[0],):
-                raise InputError(f"group_ids must have shape ({x.shape[0]},), got {tuple(group_ids.shape)}")
-            group_index, num_groups = relabel(group_ids)
-        beta, z, _ = self.encode_groups(x, group_index, num_groups)
-        return dist.Normal(beta.loc[group_index], beta.scale[group_index]), z
+            group = torch.as_tensor(group, device=x.device)
+            if group.shape != (x.shape[0],):
+                raise InputError(f"group must have shape ({x.shape[0]},), got {tuple(group.shape)}")
+            group_index, num_groups = relabel(group)
+        beta, z, pi = self.encode_groups(x, group_index, num_groups)
+        return {"beta": dist.Normal(beta.loc[group_index], beta.scale[group_index]), "z": z,
+                "d": dist.Categorical(probs=pi)}
 
     @torch.no_grad()
     def decode(self, beta, z):
         """Mean images for ``beta (..., global_dim)`` and ``z (..., local_dim)`` (broadcast)."""
-        was = self._eval_mode()
-        out, _ = self._decode_out(z, beta)
-        self.train(was)
+        with self.eval_mode():
+            out, _ = self._decode_out(z, beta)
         return self.likelihood.mean(out)
 
     @torch.no_grad()
@@ -381,48 +439,45 @@ class UGVAE(GroupModel):
 
         :returns: LongTensor ``(N,)`` in the order of ``x``.
         """
-        xg, order = self._grid(x, group_index, num_groups)
-        g, b = xg.shape[:2]
-        was = self._eval_mode()
-        if use_mean:
-            gi = torch.arange(g, device=x.device).repeat_interleave(b)  # xg is laid out group after group
-            beta, z, _ = self.encode_groups(xg.reshape((-1,) + xg.shape[2:]), gi, g)
-            data = {"z": z.loc.reshape(g, b, -1), "beta": beta.loc.unsqueeze(-2)}
-        else:
-            tr = poutine.trace(poutine.block(self.guide, hide=["d"])).get_trace(x, group_index, num_groups)
-            data = {"z": tr.nodes["z"]["value"], "beta": tr.nodes["beta"]["value"]}
-        model = infer_discrete(config_enumerate(poutine.condition(self.model, data=data), "parallel"),
-                               first_available_dim=-3, temperature=temperature)
-        with poutine.block():
-            tr = poutine.trace(model).get_trace(x, group_index, num_groups)
-        self.train(was)
+        xg, order, (g, b) = self._grid(x, group_index, num_groups)
+        with self.eval_mode():
+            if use_mean:
+                gi = torch.arange(g, device=x.device).repeat_interleave(b)  # xg is laid out group after group
+                beta, z, _ = self.encode_groups(xg.reshape((-1,) + xg.shape[2:]), gi, g)
+                data = {"z": z.loc.reshape(g, b, -1), "beta": beta.loc.unsqueeze(-2)}
+            else:
+                tr = poutine.trace(poutine.block(self.guide, hide=["d"])).get_trace(x, group_index, num_groups)
+                data = {"z": tr.nodes["z"]["value"], "beta": tr.nodes["beta"]["value"]}
+            model = infer_discrete(config_enumerate(poutine.condition(self.model, data=data), "parallel"),
+                                   first_available_dim=-3, temperature=temperature)
+            with poutine.block():
+                tr = poutine.trace(model).get_trace(x, group_index, num_groups)
         d = tr.nodes["d"]["value"].reshape(-1)
         out = torch.empty_like(d)
         out[order] = d
         return out
 
     @torch.no_grad()
-    def sample(self, num_groups=1, group_size=16, cluster=None):
+    def sample_groups(self, num_groups=1, group_size=16, cluster=None):
         """Images from the prior: ``(num_groups, group_size, C, H, W)`` mean images and the clusters used.
 
         :param cluster: fix ``d`` for every sample (the paper's fig. 3 fixes ``d`` per grid); ``None``: draw it.
         """
-        was = self._eval_mode()
         dev, dtype = self.device, next(self.parameters()).dtype
         beta = torch.randn(num_groups, 1, self.global_dim, device=dev, dtype=dtype)
         d = torch.randint(self.K, (num_groups, group_size), device=dev) if cluster is None else \
             torch.full((num_groups, group_size), int(cluster), device=dev)
-        loc, scale = self.prior_components(beta)
-        z = dist.Normal(Vindex(loc)[..., d, :], Vindex(scale)[..., d, :]).sample()
-        out, _ = self._decode_out(z, beta)
-        self.train(was)
+        with self.eval_mode():
+            loc, scale = self.prior_components(beta)
+            z = dist.Normal(Vindex(loc)[..., d, :], Vindex(scale)[..., d, :]).sample()
+            out, _ = self._decode_out(z, beta)
         return self.likelihood.mean(out), d
 
+    @torch.no_grad()
+    def sample(self, n, group_size=None, cluster=None):
+        """``n`` mean images from the prior, ``(n, C, H, W)``; consecutive blocks of ``group_size`` images
+        (default all ``n``) share one draw of beta (see :meth:`sample_groups` for the grid and clusters)."""
+        group_size = group_size or n
+        images, _ = self.sample_groups(-(-n // group_size), group_size, cluster)
+        return images.reshape((-1,) + images.shape[2:])[:n]
 
-def _register():
-    from . import register_model
-
-    register_model(UGVAE)
-
-
-_register()

@@ -1,6 +1,7 @@
 """UG-VAE figures: sampling grids (paper figs. 3 and 4) and global/local interpolations (fig. 5).
 
-The image tensors are built here and drawn with :func:`pyro_groupvae.plots.grids.image_grid`. The functions accept
+The image tensors are built here (``*_images``) and drawn with :func:`pyro_groupvae.plots.grids.image_grid`
+(``plot_*``, returning a :class:`matplotlib.figure.Figure`). The functions accept
 UG-VAE (global ``beta``, local ``z`` around the mean of cluster ``d``) and, for the paper's fig. 4 ablation, the
 ML-VAE (global ``content``, local ``style`` around its prior mean 0): both have ``decode(global, local)``.
 """
@@ -60,18 +61,25 @@ def interpolation_images(model, beta1, beta2, z1, z2, steps=7):
     return model.decode(beta[:, None, :].expand(steps, steps, -1), z[None, :, :].expand(steps, steps, -1)).cpu()
 
 
-def plot_sampling_grid(model, path, cluster=None, rows=7, cols=7, beta_range=1.0, z_range=3.0, title=None,
+def plot_sampling_grid(model, cluster=None, rows=7, cols=7, beta_range=1.0, z_range=3.0, title=None,
                        beta_center=None):
+    """Fig. 3 (fig. 4 for an ML-VAE): the images of :func:`sampling_grid_images` with the latent values as row and
+    column labels. :returns: a :class:`~matplotlib.figure.Figure`."""
     images = sampling_grid_images(model, cluster, rows, cols, beta_range, z_range, beta_center)
     pre = "b=" if beta_center is None else "b=c"
     row_labels = [f"{pre}{v:+.1f}" for v in torch.linspace(-beta_range, beta_range, rows).tolist()]
     col_labels = [f"z{v:+.1f}" for v in torch.linspace(-z_range, z_range, cols).tolist()]
-    return image_grid(images, path, title=title, row_labels=row_labels, col_labels=col_labels, cell_inches=0.6)
+    return image_grid(images, title=title or "sampling grid", row_labels=row_labels, col_labels=col_labels,
+                      cell_inches=0.6, ylabel="global latent (beta)" if cluster is not None else "global latent",
+                      xlabel="local latent (z)" if cluster is not None else "local latent")
 
 
-def plot_interpolation(model, path, beta1, beta2, z1, z2, steps=7, title=None, row_names=("b1", "b2"),
+def plot_interpolation(model, beta1, beta2, z1, z2, steps=7, title=None, row_names=("b1", "b2"),
                        col_names=("z1", "z2")):
+    """Fig. 5: the images of :func:`interpolation_images`, the end points named by ``row_names`` / ``col_names``.
+    :returns: a :class:`~matplotlib.figure.Figure`."""
     images = interpolation_images(model, beta1, beta2, z1, z2, steps)
     rl = [row_names[0]] + [""] * (steps - 2) + [row_names[1]]
     cl = [col_names[0]] + [""] * (steps - 2) + [col_names[1]]
-    return image_grid(images, path, title=title, row_labels=rl, col_labels=cl, cell_inches=0.6)
+    return image_grid(images, title=title or "interpolation", row_labels=rl, col_labels=cl, cell_inches=0.6,
+                      ylabel="global latent", xlabel="local latent")

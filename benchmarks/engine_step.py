@@ -1,0 +1,159 @@
+"""The training engine's step: ``pyro_groupvae.infer.fit`` (PyTorch Lightning) vs a hand-written PyTorch loop.
+
+1. Step time, interleaved: ``fit`` trains ML-VAE on MNIST with the benchmark batches (256 images = 16 groups of 16,
+   ``GroupBatchSampler``); a Lightning callback runs one step of a hand-written PyTorch loop (same networks on a
+   second copy of the model, same loss as ``benchmarks/mlvae_benchmarks.py``, same ``torch.optim.Adam(foreach)``,
+   the same kind of batch gathered from the dataset) after every Lightning step, so machine load hits both alike.
+   The Lightning step is the wall time from the end of one hand-written step to the end of the next Lightning
+   step: everything ``fit`` does per step (data loader, hooks, Pyro ELBO, backward, Adam, logging). Medians; the
+   ratio target is <= 1.10.
+2. Throughput of ``fit`` in one process vs 2 DDP processes (CPU, gloo), images/s over whole epochs
+   (``--ddp``; launches ``python -m pyro_groupvae train`` twice).
+
+Usage: OMP_NUM_THREADS=1 python benchmarks/engine_step.py [--steps 300] [--device cpu] [--ddp]
+"""
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pyro
+import pytorch_lightning as pl
+import torch
+from pyro.infer import TraceMeanField_ELBO
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from mlvae_benchmarks import hand_written_loss  # noqa: E402
+
+from pyro_groupvae.data import GroupBatchSampler, load_dataset  # noqa: E402
+from pyro_groupvae.infer import fit  # noqa: E402
+from pyro_groupvae.models import MLVAE  # noqa: E402
+
+
+class Interleave(pl.Callback):
+    """After every Lightning training step, one hand-written step and one plain Pyro step (the same ELBO module and
+    Adam without Lightning); records all durations."""
+
+    def __init__(self, hand_step, pyro_step, sync, warmup=10):
+        self.hand_step, self.pyro_step, self.sync, self.warmup = hand_step, pyro_step, sync, warmup
+        self.t_lightning, self.t_hand, self.t_pyro = [], [], []
+        self._mark = None
+
+    def on_train_batch_end(self, trainer, plan, outputs, batch, batch_idx):
+        self.sync()
+        now = time.perf_counter()
+        if self._mark is not None:
+            self.t_lightning.append(now - self._mark)
+        for step, times in ((self.hand_step, self.t_hand), (self.pyro_step, self.t_pyro)):
+            t0 = time.perf_counter()
+            step()
+            self.sync()
+            times.append(time.perf_counter() - t0)
+        self._mark = time.perf_counter()
+
+    def on_train_epoch_end(self, trainer, plan):
+        self._mark = None  # epoch boundaries (validation, checkpoints) are not steps
+
+
+def step_ratio(args):
+    dev = torch.device(args.device)
+    sync = (lambda: torch.cuda.synchronize()) if dev.type == "cuda" else (lambda: None)
+    data = load_dataset("mnist", "train")
+    sampler = GroupBatchSampler(data.y, batch_groups=16, group_size=16, seed=0)
+    steps_per_epoch = len(sampler)
+    epochs = max(1, -(-(args.steps + 10) // steps_per_epoch))
+    torch.manual_seed(0)
+    m = MLVAE()
+    torch.manual_seed(0)
+    m2 = MLVAE().to(dev)
+    opt = torch.optim.Adam(m2.parameters(), lr=1e-3, betas=(0.9, 0.999), eps=1e-8, foreach=True)
+    hand_batches = iter(())
+    hand_sampler = GroupBatchSampler(data.y, batch_groups=16, group_size=16, seed=1)
+
+    def hand_step():
+        nonlocal hand_batches
+        b = next(hand_batches, None)
+        if b is None:
+            hand_batches = iter(hand_sampler)
+            b = next(hand_batches)
+        x, gi = data.x[b.indices].to(dev, non_blocking=True), b.group_index.to(dev, non_blocking=True)
+        opt.zero_grad()
+        loss = hand_written_loss(m2, x, gi, b.num_groups)
+        loss.backward()
+        opt.step()
+
+    torch.manual_seed(0)
+    m3 = MLVAE().to(dev)
+    m3.pyro_name = "mlvae_plain"
+    loss3 = TraceMeanField_ELBO()(m3.model, m3.guide)
+    opt3 = torch.optim.Adam(m3.parameters(), lr=1e-3, betas=(0.9, 0.999), eps=1e-8, foreach=True)
+    pyro_batches = iter(())
+    pyro_sampler = GroupBatchSampler(data.y, batch_groups=16, group_size=16, seed=2)
+
+    def pyro_step():  # what the plan's step computes, without Lightning (checks off, as in fit)
+        nonlocal pyro_batches
+        b = next(pyro_batches, None)
+        if b is None:
+            pyro_batches = iter(pyro_sampler)
+            b = next(pyro_batches)
+        with m3.trusted_inputs(), pyro.validation_enabled(False):
+            opt3.zero_grad()
+            loss3(**m3.batch_inputs(data, b, dev)).backward()
+            opt3.step()
+
+    cb = Interleave(hand_step, pyro_step, sync)
+    fit(m, data, sampler, epochs, device=args.device, progress=False, callbacks=[cb], logger="none",
+        limit_train_batches=min(steps_per_epoch, args.steps + 10))
+    tl, th, tp = cb.t_lightning[10:], cb.t_hand[10:], cb.t_pyro[10:]
+    ml, mh, mp = statistics.median(tl), statistics.median(th), statistics.median(tp)
+    print(f"[1] {len(tl)} steps of 256 images (16 groups x 16), device {dev}, threads {torch.get_num_threads()}: "
+          f"fit (Lightning) {ml * 1e3:.2f} ms | hand-written PyTorch {mh * 1e3:.2f} ms | ratio {ml / mh:.3f} "
+          f"(target <= 1.10)\n    plain Pyro step (same ELBO module and Adam, no Lightning) {mp * 1e3:.2f} ms: "
+          f"Pyro / hand-written {mp / mh:.3f}, Lightning / plain Pyro {ml / mp:.3f}")
+    return ml, mh
+
+
+def ddp_throughput(args):
+    res = {}
+    for devices in (1, 2):
+        with tempfile.TemporaryDirectory() as tmp:
+            cmd = [sys.executable, "-m", "pyro_groupvae", "train", "mlvae", "--epochs", str(args.ddp_epochs),
+                   "--out", f"{tmp}/run", "--group-size", "16", "--batch-groups", "16", "--no-progress",
+                   "--accelerator", "cpu", "--devices", str(devices), "--logger", "none"]
+            if devices > 1:
+                cmd += ["--strategy", "ddp"]
+            env = dict(os.environ, OMP_NUM_THREADS="1")
+            subprocess.run(cmd, check=True, env=env, stdout=subprocess.DEVNULL)
+            hist = torch.load(f"{tmp}/run/checkpoint.pt", weights_only=True)["history"]
+        secs = [h["seconds"] for h in hist[1:]] or [hist[0]["seconds"]]  # first epoch includes start-up
+        sampler = GroupBatchSampler(load_dataset("mnist", "train").y, batch_groups=16, group_size=16)
+        images = sum(min(16, sampler.num_groups_per_epoch - i * 16) * 16 for i in range(len(sampler)))
+        res[devices] = images / statistics.median(secs)
+        print(f"[2] {devices} process(es): {res[devices]:.0f} images/s (median over epochs 2..{args.ddp_epochs})")
+    print(f"[2] 2 DDP processes / 1 process: {res[2] / res[1]:.2f}x on {os.cpu_count()} CPU cores")
+    return res
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--steps", type=int, default=300)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--ddp", action="store_true", help="also measure 1 vs 2 DDP processes")
+    ap.add_argument("--ddp-epochs", type=int, default=3)
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    out = {"step": step_ratio(args)}
+    if args.ddp:
+        out["ddp"] = ddp_throughput(args)
+    print(json.dumps({"lightning_ms": out["step"][0] * 1e3, "hand_ms": out["step"][1] * 1e3,
+                      "ratio": out["step"][0] / out["step"][1]}))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,304 @@
+"""The Lightning training engine: run-folder rules, exact resume (validation ELBO included), checkpoint checks,
+samplers against data, data-parallel sharding and plate scaling, other data sources, precision, callbacks."""
+import csv
+import json
+import math
+
+import numpy as np
+import pyro
+import pyro.distributions as dist
+import pytest
+import pytorch_lightning as pl
+import torch
+from pyro import poutine
+
+from pyro_groupvae.data import GroupBatchSampler, ImageDataset, RandomBatchSampler
+from pyro_groupvae.data.base import LazyDataset, as_dataset
+from pyro_groupvae.errors import CheckpointError, ConfigError, InputError, RunFolderError
+from pyro_groupvae.infer import fit
+from pyro_groupvae.infer.lightning import DataParallelScale, PyroTrainingPlan
+from pyro_groupvae.models import MLVAE, VAE
+
+
+def toy(n_labels=8, per_label=8, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    y = torch.arange(n_labels).repeat_interleave(per_label)
+    return ImageDataset((torch.rand(len(y), 1, 8, 8, generator=g) > 0.5).float(), y, "toy")
+
+
+def tiny(cls=MLVAE, **kw):
+    torch.manual_seed(0)
+    kw = {"image_shape": (1, 8, 8), "hidden": 16, "likelihood": "bernoulli", **kw}
+    if cls is MLVAE:
+        kw.setdefault("content_dim", 2)
+        kw.setdefault("style_dim", 2)
+    else:
+        kw.setdefault("latent_dim", 2)
+    return cls(**kw)
+
+
+def sampler(data, seed=3):
+    return GroupBatchSampler(data.y, 2, group_size=4, seed=seed)
+
+
+def history(path):
+    with open(path) as f:
+        return list(csv.DictReader(f))
+
+
+# ------------------------------------------------------------------------------------------- exact resume
+@pytest.mark.parametrize("cls", [MLVAE, VAE])
+def test_resume_is_exact_including_validation_elbo(tmp_path, cls):
+    """Kill-and-resume vs uninterrupted: parameters, optimiser moments and every logged number (the validation
+    ELBO too: the validation sampler's state is part of the run) agree bit for bit."""
+    data, val = toy(), toy(seed=1)
+
+    def run(out, epochs, resume=False):
+        m = tiny(cls)
+        h = fit(m, data, sampler(data), epochs, seed=1, out_dir=out, val_data=val, val_sampler=sampler(val, 5),
+                resume=resume, progress=False)
+        return m, h
+
+    straight, h_straight = run(tmp_path / "a", 3)
+    run(tmp_path / "b", 1)
+    resumed, h_resumed = run(tmp_path / "b", 3, resume=True)
+    for (n, a), (_, b) in zip(straight.state_dict().items(), resumed.state_dict().items()):
+        assert torch.equal(a, b), n
+    for ra, rb in zip(h_straight, h_resumed):
+        assert (ra["epoch"], ra["train_elbo"], ra["val_elbo"]) == (rb["epoch"], rb["train_elbo"], rb["val_elbo"])
+    assert all(math.isfinite(r["val_elbo"]) for r in h_resumed)
+    a = torch.load(tmp_path / "a" / "checkpoint.pt", weights_only=True)  # plain tensors and primitives only
+    b = torch.load(tmp_path / "b" / "checkpoint.pt", weights_only=True)
+    for sa, sb in zip(a["optimizer_states"][0]["state"].values(), b["optimizer_states"][0]["state"].values()):
+        assert torch.equal(sa["exp_avg_sq"], sb["exp_avg_sq"])
+    assert [r["val_elbo"] for r in history(tmp_path / "b" / "history.csv")] == \
+        [r["val_elbo"] for r in history(tmp_path / "a" / "history.csv")]
+    assert (tmp_path / "a" / "best.pt").exists()
+
+
+def test_history_rebuilt_from_checkpoint_on_resume(tmp_path):
+    data = toy()
+    fit(tiny(), data, sampler(data), 1, out_dir=tmp_path, progress=False)
+    (tmp_path / "history.csv").write_text("epoch,train_elbo,val_elbo,seconds\n")  # a kill during its write
+    fit(tiny(), data, sampler(data), 2, out_dir=tmp_path, resume=True, progress=False)
+    assert [r["epoch"] for r in history(tmp_path / "history.csv")] == ["1", "2"]
+
+
+# ------------------------------------------------------------------------------------------- run folders
+def test_existing_run_folder_is_not_overwritten_without_asking(tmp_path):
+    data = toy()
+    fit(tiny(), data, sampler(data), 1, out_dir=tmp_path, progress=False)
+    before = (tmp_path / "checkpoint.pt").read_bytes()
+    with pytest.raises(RunFolderError, match="already holds a run"):
+        fit(tiny(), data, sampler(data), 1, out_dir=tmp_path, progress=False)
+    assert (tmp_path / "checkpoint.pt").read_bytes() == before
+    fit(tiny(), data, sampler(data), 1, out_dir=tmp_path, progress=False, overwrite=True, seed=7)
+    assert json.loads((tmp_path / "config.json").read_text())["seed"] == 7
+
+
+def test_fresh_run_killed_before_first_checkpoint_keeps_old_config(tmp_path):
+    data = toy()
+    fit(tiny(), data, sampler(data), 1, out_dir=tmp_path, progress=False, seed=0)
+
+    class Kill(pl.Callback):
+        def on_train_batch_end(self, *args):
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        fit(tiny(), data, sampler(data), 1, out_dir=tmp_path, progress=False, overwrite=True, seed=5,
+            callbacks=[Kill()])
+    assert json.loads((tmp_path / "config.json").read_text())["seed"] == 0
+    assert len(history(tmp_path / "history.csv")) == 1
+
+
+@pytest.mark.parametrize("epochs", [0, -3, 1.5, True])
+def test_bad_epochs_are_refused_up_front(tmp_path, epochs):
+    data = toy()
+    with pytest.raises(ConfigError, match="epochs"):
+        fit(tiny(), data, sampler(data), epochs, out_dir=tmp_path, progress=False)
+    assert not (tmp_path / "config.json").exists()
+
+
+def test_resume_checks_model_config_epochs_and_honours_lr(tmp_path):
+    data = toy()
+    fit(tiny(), data, sampler(data), 1, out_dir=tmp_path, progress=False, lr=0.5)
+    with pytest.raises(CheckpointError, match="hidden"):
+        fit(tiny(hidden=32), data, sampler(data), 2, out_dir=tmp_path, resume=True, progress=False)
+    with pytest.raises(CheckpointError, match="'mlvae' model, not 'vae'"):
+        fit(tiny(VAE), data, sampler(data), 2, out_dir=tmp_path, resume=True, progress=False)
+    with pytest.raises(ConfigError, match="already trained 1 epochs"):
+        fit(tiny(), data, sampler(data), 1, out_dir=tmp_path, resume=True, progress=False)
+    with pytest.warns(UserWarning, match="learning rate changed from 0.5"):
+        fit(tiny(), data, sampler(data), 2, out_dir=tmp_path, resume=True, progress=False, lr=1e-3)
+    state = torch.load(tmp_path / "checkpoint.pt", weights_only=True)
+    assert state["optimizer_states"][0]["param_groups"][0]["lr"] == 1e-3
+    assert json.loads((tmp_path / "config.json").read_text())["lr"] == 1e-3
+
+
+def test_cli_resume_refuses_changed_options_and_honours_lr(tmp_path, capsys):
+    from pyro_groupvae.cli import main
+
+    out = str(tmp_path / "run")
+    base = ["train", "mlvae", "--out", out, "--group-size", "8", "--batch-groups", "32", "--hidden", "16",
+            "--no-progress"]
+    assert main(base + ["--epochs", "1"]) == 0
+    assert main(base + ["--epochs", "1"]) == 2
+    assert "--overwrite" in capsys.readouterr().err
+    assert main(["train", "mlvae", "--out", out, "--resume", "--epochs", "2", "--hidden", "64",
+                 "--no-progress"]) == 2
+    assert "--hidden 64" in capsys.readouterr().err
+    assert main(["train", "mlvae", "--out", out, "--resume", "--epochs", "2", "--lr", "0.0005",
+                 "--no-progress"]) == 0
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["lr"] == 0.0005
+
+
+# ------------------------------------------------------------------------------------------- samplers and data
+@pytest.mark.parametrize("n_labels", [50, 400])
+def test_sampler_must_index_the_dataset(n_labels):
+    data = ImageDataset(torch.zeros(200, 1, 8, 8), torch.arange(200) % 4)
+    bad = GroupBatchSampler(torch.arange(n_labels) % 4, 2, group_size=4)
+    with pytest.raises(InputError, match=f"indexes {n_labels} rows but the training data has 200"):
+        fit(tiny(), data, bad, 1, progress=False)
+
+
+def test_distributed_sharding_is_disjoint_and_covers_the_global_batches():
+    labels = torch.arange(40) % 10
+    ref = list(GroupBatchSampler(labels, 4, group_size=2, seed=1, drop_last=False))  # 20 groups: 5 batches of 4
+    shards = []
+    for rank in range(3):
+        s = GroupBatchSampler(labels, 4, group_size=2, seed=1)
+        s.set_distributed(rank, 3)
+        shards.append(list(s))
+        assert len(s) == len(shards[-1]) == 5
+    for k, b in enumerate(ref):
+        rows = torch.cat([shards[r][k].indices for r in range(3)])
+        assert torch.equal(rows, b.indices)  # ranks hold disjoint, contiguous parts of the same global batch
+        assert [shards[r][k].num_groups for r in range(3)] == [2, 1, 1]
+        for r in range(3):
+            sb = shards[r][k]
+            assert int(sb.group_index.max()) + 1 == sb.num_groups
+    # a last global batch with fewer groups than ranks is dropped on every rank (training) ...
+    s = GroupBatchSampler(labels, 3, group_size=2, seed=1)  # 20 groups: 6 batches of 3, then 2
+    s.set_distributed(1, 3)
+    assert len(s) == len(list(s)) == 6
+    # ... or skipped only by the ranks without a group (validation)
+    s.set_distributed(1, 3, drop_uneven=False)
+    assert len(s) == len(list(s)) == 7
+    r = RandomBatchSampler(20, 5, batches_per_step=2)
+    r.set_distributed(0, 2)
+    assert all(b.num_groups == 1 and len(b.indices) == 5 for b in r)
+    # one group per step and 2 ranks: whole batches dealt out in turn (rank 1: batches 1 and 3 of 4)
+    ref = list(RandomBatchSampler(20, 5, seed=2))
+    r = RandomBatchSampler(20, 5, seed=2)
+    r.set_distributed(1, 2)
+    assert len(r) == 2 and [b.indices.tolist() for b in r] == [ref[1].indices.tolist(), ref[3].indices.tolist()]
+
+
+def test_data_parallel_scale_multiplies_batch_sites_only():
+    def model():
+        pyro.sample("global", dist.Normal(0.0, 1.0))
+        with pyro.plate("batch", 3):
+            pyro.sample("local", dist.Normal(0.0, 1.0))
+        with pyro.plate("data", 100, subsample=torch.arange(4)):
+            pyro.sample("sub", dist.Normal(0.0, 1.0))
+
+    with DataParallelScale(4):
+        tr = poutine.trace(model).get_trace()
+    assert tr.nodes["global"]["scale"] == 1.0
+    assert tr.nodes["local"]["scale"] == 4.0
+    assert tr.nodes["sub"]["scale"] == 25.0  # 100 / 4 from the plate, no extra factor
+
+
+def test_user_dataset_tensordataset_numpy_and_lazy_data_train():
+    data = toy()
+    x, y = data.x.numpy(), data.y.numpy()
+
+    class Folder(torch.utils.data.Dataset):  # a lazy user dataset: (image, group id) items
+        reads = 0
+
+        def __len__(self):
+            return len(y)
+
+        def __getitem__(self, i):
+            Folder.reads += 1
+            return x[i], int(y[i])
+
+    lazy = as_dataset(Folder())  # labels read once from the items (no targets attribute)
+    assert isinstance(lazy, LazyDataset) and torch.equal(lazy.y, data.y)
+    Folder.targets = y  # with labels known, only the batches' images are read
+    Folder.reads = 0
+    for source in (Folder(), torch.utils.data.TensorDataset(data.x, data.y), (x, y)):
+        h = fit(tiny(), source, sampler(data), 1, progress=False)
+        assert math.isfinite(h[-1]["train_elbo"])
+    assert 0 < Folder.reads <= len(y) + 1  # one epoch read per batch (+ the first item, for the image shape)
+    h = fit(tiny(), Folder(), sampler(data), 1, progress=False, num_workers=1)
+    assert math.isfinite(h[-1]["train_elbo"])
+
+
+# ------------------------------------------------------------------------------------------- precision, callbacks
+def test_bf16_mixed_matches_fp32_on_a_fixed_batch_and_fp16_is_refused():
+    from pytorch_lightning.plugins.precision import MixedPrecision
+
+    data = toy()
+    m = tiny()
+    kw = m.batch_inputs(data, next(iter(sampler(data))), "cpu")
+    elbo = pyro.infer.TraceMeanField_ELBO()
+    pyro.set_rng_seed(0)
+    l32 = elbo.loss(m.model, m.guide, **kw)
+    pyro.set_rng_seed(0)
+    with MixedPrecision("bf16-mixed", "cpu").forward_context():
+        l16 = elbo.loss(m.model, m.guide, **kw)
+    assert abs(l16 - l32) < 1e-2 * abs(l32)
+    h = fit(m, data, sampler(data), 1, progress=False, precision="bf16-mixed")
+    assert math.isfinite(h[-1]["train_elbo"])
+    with pytest.raises(ConfigError, match="16-mixed"):
+        fit(m, data, sampler(data), 1, progress=False, precision="16-mixed")
+
+
+def test_early_stopping_lr_scheduler_and_own_trainer(tmp_path):
+    data = toy()
+    h = fit(tiny(), data, sampler(data), 30, progress=False, lr=1e-9, early_stopping=1)
+    assert len(h) < 30  # no improvement at lr 1e-9: stopped early
+    m = tiny()
+    fit(m, data, sampler(data), 2, progress=False, out_dir=tmp_path,
+        lr_scheduler=lambda opt: torch.optim.lr_scheduler.StepLR(opt, step_size=1, gamma=0.5))
+    state = torch.load(tmp_path / "checkpoint.pt", weights_only=True)
+    assert state["optimizer_states"][0]["param_groups"][0]["lr"] == pytest.approx(1e-3 * 0.25)
+    # the plan in a user's own Trainer
+    plan = PyroTrainingPlan(tiny(), data, sampler(data), lr=1e-2)
+    pl.Trainer(max_epochs=2, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+               enable_model_summary=False, num_sanity_val_steps=0).fit(plan)
+    assert [r["epoch"] for r in plan.history] == [1, 2] and plan.history[1]["train_elbo"] > -1e4
+
+
+def test_lazy_image_dataset_trains_through_the_dataloader():
+    """The lazy folder/array dataset of pyro_groupvae.data.lazy: batches read their rows only, also in workers."""
+    from pyro_groupvae.data.lazy import ArrayReader, LazyImageDataset
+
+    data = toy()
+    arr = (data.x.numpy()[:, 0] * 255).astype(np.uint8)  # stored (N, H, W) uint8, read per batch
+    lazy = LazyImageDataset(ArrayReader(lambda: arr, arr.shape), data.y)
+    h0 = fit(tiny(), lazy, sampler(data), 1, progress=False)
+    h1 = fit(tiny(), lazy, sampler(data), 1, progress=False, num_workers=1)
+    h2 = fit(tiny(), data, sampler(data), 1, progress=False)
+    assert h0[-1]["train_elbo"] == h1[-1]["train_elbo"] == h2[-1]["train_elbo"]  # same images, same numbers
+
+
+@pytest.mark.parametrize("name", ["ugvae", "nvae"])
+def test_data_parallel_scale_with_enumeration_and_labels(name):
+    """UG-VAE (TraceEnum_ELBO, nested plates) and N-VAE: every site lies in a batch plate, so the rank-scaled loss
+    is exactly world_size times the loss on the same draws."""
+    from pyro_groupvae.data import load_dataset
+    from pyro_groupvae.models import build_model
+
+    data = load_dataset("mnist", "test").subset(torch.arange(64))
+    m = build_model(name)
+    batch = next(iter(RandomBatchSampler(len(data), 16, 2 if name == "ugvae" else 1, seed=0)))
+    kw = m.batch_inputs(data, batch, "cpu")
+    elbo = m.default_elbo()
+    pyro.set_rng_seed(0)
+    one = elbo.differentiable_loss(m.model, m.guide, **kw)
+    pyro.set_rng_seed(0)
+    with DataParallelScale(3):
+        three = elbo.differentiable_loss(m.model, m.guide, **kw)
+    assert torch.allclose(three, 3 * one, rtol=1e-5)
