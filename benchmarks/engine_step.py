@@ -6,11 +6,13 @@
    the same kind of batch gathered from the dataset) after every Lightning step, so machine load hits both alike.
    The Lightning step is the wall time from the end of one hand-written step to the end of the next Lightning
    step: everything ``fit`` does per step (data loader, hooks, Pyro ELBO, backward, Adam, logging). Medians; the
-   ratio target is <= 1.10.
+   ratio target is <= 1.10. Also interleaved: the plain Pyro step and the plain Pyro JIT step (the same step
+   without Lightning). ``--jit`` runs this twice, ``fit(jit=False)`` and ``fit(jit=True)`` (the JIT version of
+   the ELBO, ``pyro_groupvae.infer.jit.JitLoss``), each against its own interleaved hand-written steps.
 2. Throughput of ``fit`` in one process vs 2 DDP processes (CPU, gloo), images/s over whole epochs
    (``--ddp``; launches ``python -m pyro_groupvae train`` twice).
 
-Usage: OMP_NUM_THREADS=1 python benchmarks/engine_step.py [--steps 300] [--device cpu] [--ddp]
+Usage: OMP_NUM_THREADS=1 python benchmarks/engine_step.py [--steps 300] [--device cpu] [--jit] [--ddp]
 """
 import argparse
 import json
@@ -32,16 +34,18 @@ from mlvae_benchmarks import hand_written_loss  # noqa: E402
 
 from pyro_groupvae.data import GroupBatchSampler, load_dataset  # noqa: E402
 from pyro_groupvae.infer import fit  # noqa: E402
+from pyro_groupvae.infer.jit import JitLoss  # noqa: E402
 from pyro_groupvae.models import MLVAE  # noqa: E402
 
 
 class Interleave(pl.Callback):
-    """After every Lightning training step, one hand-written step and one plain Pyro step (the same ELBO module and
-    Adam without Lightning); records all durations."""
+    """After every Lightning training step, one hand-written step, one plain Pyro step (the same ELBO module and
+    Adam without Lightning) and one plain Pyro JIT step; records all durations."""
 
-    def __init__(self, hand_step, pyro_step, sync, warmup=10):
-        self.hand_step, self.pyro_step, self.sync, self.warmup = hand_step, pyro_step, sync, warmup
-        self.t_lightning, self.t_hand, self.t_pyro = [], [], []
+    def __init__(self, hand_step, pyro_step, jit_step, sync, warmup=10):
+        self.hand_step, self.pyro_step, self.jit_step, self.sync, self.warmup = \
+            hand_step, pyro_step, jit_step, sync, warmup
+        self.t_lightning, self.t_hand, self.t_pyro, self.t_jit = [], [], [], []
         self._mark = None
 
     def on_train_batch_end(self, trainer, plan, outputs, batch, batch_idx):
@@ -49,7 +53,8 @@ class Interleave(pl.Callback):
         now = time.perf_counter()
         if self._mark is not None:
             self.t_lightning.append(now - self._mark)
-        for step, times in ((self.hand_step, self.t_hand), (self.pyro_step, self.t_pyro)):
+        for step, times in ((self.hand_step, self.t_hand), (self.pyro_step, self.t_pyro),
+                            (self.jit_step, self.t_jit)):
             t0 = time.perf_counter()
             step()
             self.sync()
@@ -60,7 +65,7 @@ class Interleave(pl.Callback):
         self._mark = None  # epoch boundaries (validation, checkpoints) are not steps
 
 
-def step_ratio(args):
+def step_ratio(args, jit=False):
     dev = torch.device(args.device)
     sync = (lambda: torch.cuda.synchronize()) if dev.type == "cuda" else (lambda: None)
     data = load_dataset("mnist", "train")
@@ -106,15 +111,37 @@ def step_ratio(args):
             loss3(**m3.batch_inputs(data, b, dev)).backward()
             opt3.step()
 
-    cb = Interleave(hand_step, pyro_step, sync)
+    torch.manual_seed(0)
+    m4 = MLVAE().to(dev)
+    m4.pyro_name = "mlvae_plain_jit"
+    loss4 = JitLoss(m4.default_elbo(), m4.model, m4.guide)
+    opt4 = torch.optim.Adam(m4.parameters(), lr=1e-3, betas=(0.9, 0.999), eps=1e-8, foreach=True)
+    jit_batches = iter(())
+    jit_sampler = GroupBatchSampler(data.y, batch_groups=16, group_size=16, seed=3)
+
+    def jit_step():  # the plain Pyro step with the JIT ELBO (what fit(jit=True) computes), without Lightning
+        nonlocal jit_batches
+        b = next(jit_batches, None)
+        if b is None:
+            jit_batches = iter(jit_sampler)
+            b = next(jit_batches)
+        with m4.trusted_inputs(), pyro.validation_enabled(False):
+            opt4.zero_grad()
+            loss4(**m4.batch_inputs(data, b, dev)).backward()
+            opt4.step()
+
+    cb = Interleave(hand_step, pyro_step, jit_step, sync)
     fit(m, data, sampler, epochs, device=args.device, progress=False, callbacks=[cb], logger="none",
-        limit_train_batches=min(steps_per_epoch, args.steps + 10))
-    tl, th, tp = cb.t_lightning[10:], cb.t_hand[10:], cb.t_pyro[10:]
-    ml, mh, mp = statistics.median(tl), statistics.median(th), statistics.median(tp)
-    print(f"[1] {len(tl)} steps of 256 images (16 groups x 16), device {dev}, threads {torch.get_num_threads()}: "
-          f"fit (Lightning) {ml * 1e3:.2f} ms | hand-written PyTorch {mh * 1e3:.2f} ms | ratio {ml / mh:.3f} "
-          f"(target <= 1.10)\n    plain Pyro step (same ELBO module and Adam, no Lightning) {mp * 1e3:.2f} ms: "
-          f"Pyro / hand-written {mp / mh:.3f}, Lightning / plain Pyro {ml / mp:.3f}")
+        limit_train_batches=min(steps_per_epoch, args.steps + 10), jit=jit)
+    tl, th, tp, tj = cb.t_lightning[10:], cb.t_hand[10:], cb.t_pyro[10:], cb.t_jit[10:]
+    ml, mh, mp, mj = (statistics.median(t) for t in (tl, th, tp, tj))
+    name = "fit(jit=True)" if jit else "fit (Lightning)"
+    print(f"[1{'b' if jit else 'a'}] {len(tl)} steps of 256 images (16 groups x 16), device {dev}, threads "
+          f"{torch.get_num_threads()}: {name} {ml * 1e3:.2f} ms | hand-written PyTorch {mh * 1e3:.2f} ms | "
+          f"ratio {ml / mh:.3f} (target <= 1.10)\n    plain Pyro step (same ELBO module and Adam, no Lightning) "
+          f"{mp * 1e3:.2f} ms: Pyro / hand-written {mp / mh:.3f}, {name} / plain Pyro {ml / mp:.3f}\n"
+          f"    plain Pyro JIT step {mj * 1e3:.2f} ms: JIT / hand-written {mj / mh:.3f}, JIT / plain Pyro "
+          f"{mj / mp:.3f}, {name} / plain Pyro JIT {ml / mj:.3f}", flush=True)
     return ml, mh
 
 
@@ -144,15 +171,22 @@ def main():
     ap.add_argument("--steps", type=int, default=300)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--jit", action="store_true", help="also measure fit(jit=True)")
     ap.add_argument("--ddp", action="store_true", help="also measure 1 vs 2 DDP processes")
     ap.add_argument("--ddp-epochs", type=int, default=3)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     out = {"step": step_ratio(args)}
+    if args.jit:
+        out["jit"] = step_ratio(args, jit=True)
     if args.ddp:
         out["ddp"] = ddp_throughput(args)
-    print(json.dumps({"lightning_ms": out["step"][0] * 1e3, "hand_ms": out["step"][1] * 1e3,
-                      "ratio": out["step"][0] / out["step"][1]}))
+    summary = {"lightning_ms": out["step"][0] * 1e3, "hand_ms": out["step"][1] * 1e3,
+               "ratio": out["step"][0] / out["step"][1]}
+    if args.jit:
+        summary.update(jit_lightning_ms=out["jit"][0] * 1e3, jit_hand_ms=out["jit"][1] * 1e3,
+                       jit_ratio=out["jit"][0] / out["jit"][1])
+    print(json.dumps(summary))
 
 
 if __name__ == "__main__":

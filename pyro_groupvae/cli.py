@@ -32,11 +32,13 @@ def _common_train_args(p):
     t.add_argument("--num-workers", type=int, default=0, help="DataLoader worker processes")
     t.add_argument("--early-stopping", type=int, default=None, metavar="PATIENCE",
                    help="stop after PATIENCE epochs without a better validation ELBO")
+    t.add_argument("--jit", action="store_true",
+                   help="train with the JIT version of the model's ELBO (compiled once per batch shape)")
 
 
 #: options of ``_common_train_args`` that go to the training engine (Lightning), not to the recipe
 ENGINE_OPTIONS = ("accelerator", "devices", "strategy", "num_nodes", "precision", "logger", "num_workers",
-                  "early_stopping")
+                  "early_stopping", "jit")
 
 
 def _devices(text):

@@ -106,7 +106,8 @@ def train_run(model_name, out, dataset=None, epochs=10, device="cpu", seed=None,
     """Train ``model_name`` on ``dataset`` into the run folder ``out``.
 
     :param engine: training-engine options forwarded to :func:`~pyro_groupvae.infer.fit` (``accelerator``,
-        ``devices``, ``strategy``, ``num_nodes``, ``precision``, ``logger``, ``num_workers``, ``early_stopping``).
+        ``devices``, ``strategy``, ``num_nodes``, ``precision``, ``logger``, ``num_workers``, ``early_stopping``,
+        ``jit``).
     :param seed: seed of a new run (default 0).
     :param resume: continue the run in ``out`` with its own dataset, seed and options. Options given again must
         agree with the run's (else :class:`~pyro_groupvae.errors.ConfigError`); ``epochs`` (the new total), ``lr``

@@ -302,3 +302,96 @@ def test_data_parallel_scale_with_enumeration_and_labels(name):
     with DataParallelScale(3):
         three = elbo.differentiable_loss(m.model, m.guide, **kw)
     assert torch.allclose(three, 3 * one, rtol=1e-5)
+
+
+# ------------------------------------------------------------------------------------------- JIT
+@pytest.mark.parametrize("cls,elbo", [(MLVAE, None), (VAE, None), (MLVAE, pyro.infer.Trace_ELBO()),
+                                      (MLVAE, pyro.infer.TraceEnum_ELBO(max_plate_nesting=2))])
+def test_jit_loss_and_gradients_equal_the_plain_elbo_on_a_fixed_batch(cls, elbo):
+    """``jit=True`` trains with the JIT version of the ELBO (the model's default by default): on a fixed batch and
+    seed its loss and gradients equal the plain ELBO's, before and after compiling (the compile leaves the random
+    stream where it was)."""
+    from pyro_groupvae.infer.jit import JitTrace_ELBO, JitTraceMeanField_ELBO
+
+    data = toy()
+    m = tiny(cls)
+    kw = m.batch_inputs(data, next(iter(sampler(data))))
+    jit_plan = PyroTrainingPlan(m, data, sampler(data), elbo=elbo, jit=True)
+    plain_plan = PyroTrainingPlan(m, data, sampler(data), elbo=elbo)
+    want = {None: JitTraceMeanField_ELBO, pyro.infer.Trace_ELBO: JitTrace_ELBO,
+            pyro.infer.TraceEnum_ELBO: pyro.infer.JitTraceEnum_ELBO}[elbo if elbo is None else type(elbo)]
+
+    def loss_and_grads(plan):
+        pyro.set_rng_seed(4)
+        for p in m.parameters():
+            p.grad = None
+        loss = plan._loss(dict(kw))[0]
+        loss.backward()
+        return loss.detach(), [p.grad.clone() for p in m.parameters()]
+
+    with m.trusted_inputs(), pyro.validation_enabled(False):
+        plain = loss_and_grads(plain_plan)
+        for _ in range(2):  # the first call compiles
+            jitted = loss_and_grads(jit_plan)
+            assert torch.allclose(jitted[0], plain[0], rtol=1e-5), (float(jitted[0]), float(plain[0]))
+            for a, b in zip(jitted[1], plain[1]):
+                assert torch.allclose(a, b, rtol=1e-4, atol=1e-6)
+    (trace,) = jit_plan.jit_loss.traces.values()
+    assert type(trace[0]) is want
+
+
+def test_jit_compiles_once_per_batch_shape_and_refuses_elbos_without_jit_version():
+    from pyro_groupvae.infer.jit import JitLoss
+
+    data = toy()
+    m = tiny()
+    loss = JitLoss(m.default_elbo(), m.model, m.guide)
+    s = GroupBatchSampler(data.y, 3, group_size=4, seed=0)  # 8 groups: batches of 3, 3 and 2 groups
+    with m.trusted_inputs(), pyro.validation_enabled(False):
+        for _ in range(2):
+            for b in s:
+                loss(**m.batch_inputs(data, b)).backward()
+    assert len(loss.traces) == 2
+    with pytest.raises(ConfigError, match="no JIT version of TraceGraph_ELBO"):
+        fit(tiny(), data, sampler(data), 1, elbo=pyro.infer.TraceGraph_ELBO(), jit=True, progress=False)
+
+
+def test_jit_training_matches_plain_and_resumes_exactly(tmp_path):
+    """fit(jit=True): same history as the plain ELBO (float tolerance) and a resumed run equal bit for bit to an
+    uninterrupted one, validation ELBO included (validation runs the plain ELBO under no_grad)."""
+    data, val = toy(), toy(seed=1)
+
+    def run(out, epochs, resume=False, jit=True):
+        m = tiny()
+        h = fit(m, data, sampler(data), epochs, seed=1, out_dir=out, val_data=val, val_sampler=sampler(val, 5),
+                resume=resume, progress=False, jit=jit, logger="none")
+        return m, h
+
+    straight, h_straight = run(tmp_path / "a", 3)
+    run(tmp_path / "b", 1)
+    resumed, h_resumed = run(tmp_path / "b", 3, resume=True)
+    _, h_plain = run(tmp_path / "c", 3, jit=False)
+    for (n, a), (_, b) in zip(straight.state_dict().items(), resumed.state_dict().items()):
+        assert torch.equal(a, b), n
+    for ra, rb, rc in zip(h_straight, h_resumed, h_plain):
+        assert (ra["train_elbo"], ra["val_elbo"]) == (rb["train_elbo"], rb["val_elbo"])
+        assert ra["train_elbo"] == pytest.approx(rc["train_elbo"], rel=1e-5)
+        assert ra["val_elbo"] == pytest.approx(rc["val_elbo"], rel=1e-5)
+    assert json.loads((tmp_path / "a" / "config.json").read_text())["jit"] is True
+
+
+def test_jit_checks_every_batch_of_lazy_data():
+    """Under JIT the model's per-call checks run only while tracing; batches of lazily read data are still checked."""
+    data = toy()
+    x = data.x.clone()
+    x[data.y == 5] = 0.5  # every row of one group
+
+    class Images(torch.utils.data.Dataset):
+        def __len__(self):
+            return len(x)
+
+        def __getitem__(self, i):
+            return x[i], data.y[i]
+
+    with pytest.raises(InputError, match="not binary"):
+        fit(tiny(), Images(), sampler(data), 1, seed=1, progress=False, jit=True)

@@ -93,7 +93,8 @@ class GroundTruthData(Protocol):
     def images(self, idx) -> torch.Tensor: ...
 
 
-def _rng(generator_or_seed) -> np.random.Generator:
+def as_rng(generator_or_seed) -> np.random.Generator:
+    """A numpy Generator from an int seed, ``None``, a numpy Generator/RandomState or a ``torch.Generator``."""
     if isinstance(generator_or_seed, np.random.Generator):
         return generator_or_seed
     if isinstance(generator_or_seed, np.random.RandomState):
@@ -214,14 +215,14 @@ class GroundTruthDataset(torch.utils.data.Dataset):
         full[:, self.latent_factor_indices] = arr
         nuisance = [k for k in range(len(self.all_factor_sizes)) if k not in self.latent_factor_indices]
         if nuisance:
-            rng = _rng(generator_or_seed)
+            rng = as_rng(generator_or_seed)
             for k in nuisance:
                 full[:, k] = rng.integers(0, self.all_factor_sizes[k], size=len(arr))
         return torch.from_numpy(np.ravel_multi_index(tuple(full.T), self.all_factor_sizes).astype(np.int64))
 
     def sample_factors(self, n: int, generator_or_seed=None) -> torch.Tensor:
         """``n`` latent factor combinations drawn uniformly: LongTensor ``(n, num_factors)``."""
-        rng = _rng(generator_or_seed)
+        rng = as_rng(generator_or_seed)
         return torch.from_numpy(np.stack([rng.integers(0, s, size=int(n)) for s in self.factor_sizes], 1)
                                 .astype(np.int64).reshape(int(n), self.num_factors))
 
@@ -231,7 +232,7 @@ class GroundTruthDataset(torch.utils.data.Dataset):
 
     def sample(self, n: int, generator_or_seed=None):
         """``(factors (n, num_factors), images (n, C, H, W))``."""
-        rng = _rng(generator_or_seed)
+        rng = as_rng(generator_or_seed)
         f = self.sample_factors(n, rng)
         return f, self.sample_observations_from_factors(f, rng)
 

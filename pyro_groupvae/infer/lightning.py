@@ -129,17 +129,24 @@ class PyroTrainingPlan(pl.LightningModule):
     :param float clip_norm: optional gradient-norm clipping over all parameters.
     :param bool trusted: skip per-step input checks and Pyro's validation (data validated once up front).
     :param int num_workers: DataLoader workers (persistent); ``pin_memory`` is on for CUDA.
+    :param bool jit: train with the JIT version of ``elbo`` (:class:`~pyro_groupvae.infer.jit.JitLoss`: batch
+        tensors passed by position, one compiled trace per batch shape); validation uses the plain ``elbo``.
 
     Logged per epoch: ``train_elbo`` and ``val_elbo`` (per observation, summed over ranks), ``lr``. The
     progress bar shows the running ELBO of the epoch. :attr:`history` holds one row per epoch.
     """
 
     def __init__(self, model, data, sampler, elbo=None, lr=1e-3, val_data=None, val_sampler=None,
-                 lr_scheduler=None, trusted=True, num_workers=0, seed=0, clip_norm=None):
+                 lr_scheduler=None, trusted=True, num_workers=0, seed=0, clip_norm=None, jit=False):
         super().__init__()
         self.model = model
         self.elbo = elbo or model.default_elbo()
         self.loss_module = self.elbo(model.model, model.guide)  # pyro.infer.elbo.ELBOModule
+        self.jit = bool(jit)
+        if self.jit:
+            from .jit import JitLoss
+
+            self.jit_loss = JitLoss(self.elbo, model.model, model.guide)
         self.lr = float(lr)
         self.data, self.sampler = data, sampler
         self.val_data, self.val_sampler = val_data, val_sampler
@@ -206,7 +213,13 @@ class PyroTrainingPlan(pl.LightningModule):
         if n is None:  # a batch from a user's own DataLoader: the model's keyword arguments only
             n = batch["x"].shape[0]
         # validation runs without gradients: ELBO.loss (TraceEnum_ELBO's differentiable loss refuses to run there)
-        fn = self.loss_module if differentiable else (
+        train_fn = self.jit_loss if self.jit else self.loss_module
+        if self.jit and not self.trusted and torch.is_tensor(batch.get("x")):
+            # the model's own per-call checks run only while tracing: check the images of every batch here
+            from ..validation import check_model_images
+
+            check_model_images(self.model, batch["x"], name="batch x")
+        fn = train_fn if differentiable else (
             lambda **kw: torch.as_tensor(self.elbo.loss(self.model.model, self.model.guide, **kw)))
         if self.world_size > 1:
             with DataParallelScale(self.world_size):
@@ -217,7 +230,8 @@ class PyroTrainingPlan(pl.LightningModule):
 
     def on_fit_start(self):
         self._stack = contextlib.ExitStack()
-        self._stack.enter_context(_registered_once(self.model))
+        if not self.jit:  # a JIT trace finds the parameters through the model's own pyro.module calls
+            self._stack.enter_context(_registered_once(self.model))
         if self.trusted:
             self._stack.enter_context(self.model.trusted_inputs())
             self._stack.enter_context(pyro.validation_enabled(False))

@@ -226,7 +226,7 @@ def fit(model, data, sampler, epochs=None, elbo=None, lr=None, device=None, seed
         val_sampler=None, resume=False, progress=True, config=None, clip_norm=None, validate_each_step=False,
         overwrite=False, accelerator=None, devices=None, strategy="auto", num_nodes=1, precision=None,
         logger=None, callbacks=None, max_epochs=None, num_workers=0, early_stopping=None, lr_scheduler=None,
-        **trainer_kwargs):
+        jit=False, **trainer_kwargs):
     """Train ``model`` (a :class:`~pyro_groupvae.models.base.GroupModel`) on PyTorch Lightning with
     :class:`~pyro_groupvae.infer.lightning.PyroTrainingPlan`.
 
@@ -265,6 +265,10 @@ def fit(model, data, sampler, epochs=None, elbo=None, lr=None, device=None, seed
     :param int early_stopping: stop after this many epochs without improvement of the validation ELBO (training
         ELBO without validation data).
     :param lr_scheduler: ``f(optimizer) -> torch scheduler``, stepped every epoch.
+    :param bool jit: train with the JIT version of ``elbo`` (``Trace_ELBO`` -> ``JitTrace_ELBO``,
+        ``TraceMeanField_ELBO`` -> :class:`~pyro_groupvae.infer.jit.JitTraceMeanField_ELBO`, ``TraceEnum_ELBO`` ->
+        ``JitTraceEnum_ELBO``), compiled once per batch shape (a last smaller batch compiles a second trace);
+        same loss, same random draws (docs/benchmarks.md has the speed). Validation uses the plain ``elbo``.
     :param trainer_kwargs: any other ``pytorch_lightning.Trainer`` argument.
     :returns: the history, a list of dicts (epoch, train_elbo, val_elbo, seconds).
     """
@@ -336,7 +340,7 @@ def fit(model, data, sampler, epochs=None, elbo=None, lr=None, device=None, seed
     elbo = elbo or model.default_elbo()
     plan = PyroTrainingPlan(model, data, sampler, elbo=elbo, lr=lr, val_data=val_data, val_sampler=val_sampler,
                             lr_scheduler=lr_scheduler, trusted=not (validate_each_step or lazy),
-                            num_workers=num_workers, seed=seed, clip_norm=clip_norm)
+                            num_workers=num_workers, seed=seed, clip_norm=clip_norm, jit=jit)
     plan.fresh_seed = None if resume else seed
     if resume and lr != float(state.get("lr", 1e-3)):
         plan.lr_override = lr
@@ -353,7 +357,7 @@ def fit(model, data, sampler, epochs=None, elbo=None, lr=None, device=None, seed
                "elbo": type(elbo).__name__, "device": str(device), "accelerator": str(accelerator),
                "devices": devices if isinstance(devices, (int, str, list)) else str(devices),
                "strategy": strategy if isinstance(strategy, str) else type(strategy).__name__,
-               "num_nodes": num_nodes, "precision": precision,
+               "num_nodes": num_nodes, "precision": precision, "jit": bool(jit),
                "dataset": getattr(data, "name", None) or None,  # lets `evaluate` find the test split
                **(config or {})}
         if resume:

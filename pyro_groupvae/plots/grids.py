@@ -130,10 +130,11 @@ def scatter_2d(points, labels, title=None, label_names=None, xlabel="embedding d
     return fig
 
 
-def bar_plot(values, xlabel, ylabel, title=None, groups=None, group_names=None):
+def bar_plot(values, xlabel, ylabel, title=None, groups=None, group_names=None, xticks=None):
     """Bars of ``values`` (1-D).
 
     :param groups: optional integer colour group per bar; :param group_names: their legend labels.
+    :param xticks: optional dict ``bar position -> tick label`` (default: the bar indices).
     """
     values = np.asarray(values)
     fig, ax = plt.subplots(figsize=(max(4, len(values) * 0.15), 3))
@@ -145,6 +146,8 @@ def bar_plot(values, xlabel, ylabel, title=None, groups=None, group_names=None):
             ax.legend(handles=[Patch(color=cmap(i % 10), label=str(n)) for i, n in enumerate(group_names)],
                       fontsize=7)
     ax.bar(np.arange(len(values)), values, color=colors)
+    if xticks is not None:
+        ax.set_xticks(list(xticks), [str(v) for v in xticks.values()])
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     if title:

@@ -11,6 +11,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from ..groundtruth import as_rng  # noqa: F401  (re-exported: the dSprites modules draw through it)
+
 __all__ = ["DSPRITES_NPZ_NAME", "FACTOR_NAMES", "FACTOR_SIZES", "SHAPE_NAMES", "IMAGE_SIZE", "NUM_IMAGES", "SCALES",
            "ORIENTATIONS", "POSITIONS", "PACKED_BYTES", "as_rng", "as_index_array", "as_factor_array"]
 
@@ -27,20 +29,6 @@ PACKED_BYTES = IMAGE_SIZE * IMAGE_SIZE // 8
 SCALES = np.linspace(0.5, 1.0, 6)
 ORIENTATIONS = np.linspace(0.0, 2 * np.pi, 40)
 POSITIONS = np.linspace(0.0, 1.0, 32)
-
-
-def as_rng(generator_or_seed) -> np.random.Generator:
-    """A numpy Generator from an int seed, ``None``, a numpy Generator/RandomState or a ``torch.Generator``."""
-    if isinstance(generator_or_seed, np.random.Generator):
-        return generator_or_seed
-    if isinstance(generator_or_seed, np.random.RandomState):
-        return np.random.default_rng(generator_or_seed.randint(2**31 - 1))
-    if isinstance(generator_or_seed, torch.Generator):
-        return np.random.default_rng(int(torch.randint(2**31 - 1, (1,), generator=generator_or_seed)))
-    if generator_or_seed is None or isinstance(generator_or_seed, (int, np.integer)):
-        return np.random.default_rng(generator_or_seed)
-    raise TypeError(f"expected an int seed, numpy Generator/RandomState or torch.Generator, "
-                    f"got {type(generator_or_seed).__name__}")
 
 
 def as_index_array(idx) -> np.ndarray:
