@@ -158,9 +158,9 @@ def main(argv=None):
             train_run(args.model, args.out, dataset=args.dataset, epochs=args.epochs, device=args.device,
                       seed=args.seed, lr=args.lr if given is None or "lr" in given else None, resume=args.resume,
                       progress=not args.no_progress, overwrite=args.overwrite, engine=engine, given=given, **opts)
-            from .infer.train import _rank
+            from .infer.train import process_rank
 
-            if _rank() == 0:
+            if process_rank() == 0:
                 print(f"trained {args.model}: {Path(args.out) / 'checkpoint.pt'}")
         elif args.command == "evaluate":
             from .runs import evaluate_run

@@ -276,6 +276,21 @@ def test_cli_config_json_empty_or_invalid_names_the_file(tmp_path, capsys, train
             assert code == 2 and str(cfg) in err and words in err, err
 
 
+def test_checkpoint_with_pickled_objects_names_the_cause(tmp_path):
+    """A checkpoint holding Python objects (e.g. numpy RNG state, as pyro_groupvae 0.1 wrote them) is refused by
+    weights_only loading with a message that says why and what to do; garbage bytes still read as corrupt."""
+    from pyro_groupvae.infer.train import load_checkpoint
+
+    old = tmp_path / "old.pt"
+    torch.save({"model_state": {}, "rng_state": np.random.get_state()}, old)
+    with pytest.raises(CheckpointError, match="holds Python objects besides tensors"):
+        load_checkpoint(old)
+    junk = tmp_path / "junk.pt"
+    junk.write_bytes(b"not a checkpoint at all")
+    with pytest.raises(CheckpointError, match="corrupt or unreadable"):
+        load_checkpoint(junk)
+
+
 def test_cli_mismatched_checkpoint_is_one_line(tmp_path, capsys, trained_run):
     """A hidden-16 checkpoint in a run folder whose config.json says hidden 32: refused with one line, on
     evaluate and on resume, and nothing of the folder is overwritten."""

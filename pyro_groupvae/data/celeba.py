@@ -43,7 +43,7 @@ from typing import Optional
 import numpy as np
 import torch
 
-from .folder import ImageFileReader, _check_size_channels
+from .folder import ImageFileReader, check_size_channels
 from .lazy import LazyImageDataset, verify_md5
 
 __all__ = ["load_celeba", "celeba_structured_batches", "attribute_mask", "CELEBA_ATTRIBUTES", "read_celeba_split",
@@ -209,7 +209,7 @@ def load_celeba(root, split: str = "train", group_by: Optional[str] = "identity"
     root = os.fspath(root)
     if not os.path.isdir(root):
         raise FileNotFoundError(f"CelebA folder {root!r} does not exist")
-    size = _check_size_channels(size, channels)
+    size = check_size_channels(size, channels)
     if split not in (*SPLITS, "all"):
         raise ValueError(f"CelebA split must be 'train', 'val', 'test' or 'all', got {split!r}")
     try:

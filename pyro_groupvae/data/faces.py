@@ -17,7 +17,7 @@ import os
 import numpy as np
 import torch
 
-from .folder import ImageFileReader, _check_header, _check_size_channels, list_group_folder
+from .folder import ImageFileReader, check_header, check_size_channels, list_group_folder
 from .lazy import LazyImageDataset
 
 __all__ = ["load_face_identities", "identity_split"]
@@ -57,7 +57,7 @@ def load_face_identities(root, split: str = "train", size: int = 64, channels: i
     :return: :class:`~pyro_groupvae.data.lazy.LazyImageDataset`; ``y``: identity renumbered ``0..G-1`` inside the
         split; ``extras["group_names"]`` (identity folder names, by ``y``), ``extras["paths"]``.
     """
-    size = _check_size_channels(size, channels)
+    size = check_size_channels(size, channels)
     names, paths, labels = list_group_folder(root, min_images=max(int(min_images), 1))
     chosen = identity_split(len(names), split, val_fraction, test_fraction, seed)
     if len(chosen) == 0:
@@ -70,7 +70,7 @@ def load_face_identities(root, split: str = "train", size: int = 64, channels: i
     paths = np.asarray(paths)[keep]
     if verify_headers:
         for p in paths:
-            _check_header(str(p))
+            check_header(str(p))
     y = torch.from_numpy(new[labels[keep]])
     base = os.path.basename(os.path.normpath(os.fspath(root))) or "faces"
     extras = {"group_names": [names[i] for i in chosen], "paths": paths}

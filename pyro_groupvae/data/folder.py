@@ -81,7 +81,8 @@ def read_image(path: str, size: Optional[int], channels: int, crop: Optional[int
     return arr[:, :, None] if arr.ndim == 2 else arr
 
 
-def _check_header(path: str) -> None:
+def check_header(path: str) -> None:
+    """Raise a one-line ``ValueError`` if ``path`` is not a readable image (parses the header only)."""
     from PIL import Image, UnidentifiedImageError
 
     try:
@@ -117,7 +118,8 @@ class ImageFileReader:
         return np.ascontiguousarray(out.transpose(0, 3, 1, 2))
 
 
-def _check_size_channels(size, channels):
+def check_size_channels(size, channels):
+    """Validate image ``channels`` (1 or 3) and ``size`` (positive); return ``size`` as an int."""
     if channels not in (1, 3):
         raise ValueError(f"channels must be 1 (grey-scale) or 3 (RGB), got {channels}")
     size = int(size)
@@ -190,7 +192,7 @@ def load_image_folder(root, size: int = 64, channels: int = 3, lazy: bool = True
     :raises ValueError: no sub-folders, a sub-folder without images (named), an unreadable image (named),
         a bad ``size`` or ``channels``.
     """
-    size = _check_size_channels(size, channels)
+    size = check_size_channels(size, channels)
     groups, paths, labels = list_group_folder(root)
     name = os.path.basename(os.path.normpath(os.fspath(root))) or "folder"
     extras = {"group_names": list(groups), "paths": np.array(paths)}
@@ -201,5 +203,5 @@ def load_image_folder(root, size: int = 64, channels: int = 3, lazy: bool = True
         return ImageDataset(x, y, name, extras)
     if verify_headers:
         for p in paths:
-            _check_header(p)
+            check_header(p)
     return LazyImageDataset(reader, y, name=name, extras=extras, cache=cache)

@@ -99,9 +99,12 @@ class ExpConcrete(ExpRelaxedCategorical, TorchDistributionMixin):
 
     def __init__(self, temperature, probs=None, logits=None, validate_args=None):
         if not torch.is_tensor(temperature):
+            if not float(temperature) > 0:  # a Python number: checked without a host sync
+                raise ValueError(f"temperature must be positive, got {temperature}")
             ref = logits if logits is not None else probs
             temperature = torch.full((), float(temperature), dtype=ref.dtype, device=ref.device)
-        if not torch.jit.is_tracing() and bool((temperature <= 0).any()):
+        elif (validate_args if validate_args is not None else self._validate_args) and not torch.jit.is_tracing() \
+                and bool((temperature <= 0).any()):  # a tensor: checked only under validation (a host sync)
             raise ValueError(f"temperature must be positive, got {temperature}")
         super().__init__(temperature, probs=probs, logits=logits, validate_args=validate_args)
 

@@ -32,7 +32,7 @@ def inference_cost(model, x, group_ids=None, steps=300, lr=1e-2, progress=False)
         ``svi_seconds``.
     """
     out = {}
-    if getattr(model, "guide_type", "amortized") == "amortized":
+    if model.guide_type == "amortized":
         out["amortized_elbo"], out["amortized_seconds"] = amortized_elbo(model, x, group_ids)
     _, _, curve = model.infer_local(x, group_ids, steps=steps, lr=lr, progress=progress)
     out["svi_curve"] = curve

@@ -47,8 +47,8 @@ def concat_batches(*batches):
 def global_posterior(model, x, group_index, num_groups, chunk_groups=64):
     """Posterior of the global latent of every group: a Normal with batch shape ``(num_groups, dim)``.
 
-    Works for :class:`~pyro_groupvae.models.UGVAE` (``beta``) and for models with
-    ``encode(x, group_ids) -> (content, style)`` such as the ML-VAE (``content``). Groups are processed
+    Works for :class:`~pyro_groupvae.models.UGVAE` (``beta``) and for models whose ``encode(x, group_ids)``
+    returns their ``group_site`` per image, such as the ML-VAE (``content``). Groups are processed
     ``chunk_groups`` at a time (memory).
     """
     import pyro.distributions as dist
@@ -61,11 +61,11 @@ def global_posterior(model, x, group_index, num_groups, chunk_groups=64):
         rows = torch.nonzero((group_index >= start) & (group_index < stop)).flatten()
         gi = (group_index[rows] - start).to(device)
         xs = x[rows].to(device)
-        if hasattr(model, "encode_groups"):
+        if model.name == "ugvae":
             q = model.encode_groups(xs, gi, stop - start)[0]
             loc, scale = q.loc, q.scale
         else:
-            content = model.encode(xs, gi).get("content")
+            content = model.encode(xs, gi).get(model.group_site) if model.group_site else None
             if content is None:
                 raise ValueError(f"model {type(model).__name__} has no global latent")
             first = torch.zeros(stop - start, dtype=torch.long, device=device).scatter_(

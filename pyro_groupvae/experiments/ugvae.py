@@ -204,7 +204,7 @@ def _sampling_grids(ev):
 
     model, test, bs, quick, seed, save, metrics = ev.model, ev.test, ev.bs, ev.quick, ev.seed, ev.save, ev.metrics
     device = next(model.parameters()).device
-    is_ug = hasattr(model, "encode_groups")
+    is_ug = model.name == "ugvae"
     grid_figs = []
     center = None
     if len(test) >= bs:  # average posterior mean of random test batches: where the data put beta

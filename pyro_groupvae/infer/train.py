@@ -83,6 +83,12 @@ def load_checkpoint(path, map_location="cpu"):
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:  # torch raises many kinds for truncated/garbage files
+        if "Unsupported global" in str(e):  # a pickled object; garbage bytes also mention weights_only
+            raise CheckpointError(
+                f"checkpoint {path} holds Python objects besides tensors (written by pyro_groupvae 0.1 before the "
+                "Lightning engine, or not by this library), so it is not loaded (weights_only=True): retrain, or, "
+                "if you trust the file, read state['model_state'] from torch.load(path, weights_only=False) and "
+                "pass it to model.load_state_dict") from None
         raise CheckpointError(f"checkpoint {path} is corrupt or unreadable ({type(e).__name__}: {e})") from None
     if isinstance(state, dict) and "model_state" not in state and isinstance(state.get("state_dict"), dict):
         state["model_state"] = {k[len("model."):]: v for k, v in state["state_dict"].items()
@@ -187,7 +193,8 @@ def _is_lazy(data):
     return not torch.is_tensor(getattr(data, "x", None))
 
 
-def _rank():
+def process_rank():
+    """Global rank of this process (0 when not distributed)."""
     from lightning_fabric.utilities.rank_zero import rank_zero_only
 
     return getattr(rank_zero_only, "rank", 0) or 0
@@ -320,11 +327,11 @@ def fit(model, data, sampler, epochs=None, elbo=None, lr=None, device=None, seed
         if lr is not None and float(lr) != saved_lr:
             warnings.warn(f"resume: learning rate changed from {saved_lr:g} (the run's) to {float(lr):g}")
         lr = saved_lr if lr is None else float(lr)
-        if _rank() == 0:
+        if process_rank() == 0:
             write_history(out / HISTORY, state.get("history", []))  # rebuilt from the checkpoint
     else:
         lr = 1e-3 if lr is None else float(lr)
-        if out is not None and _rank() == 0 and not overwrite and out.is_dir() and any(
+        if out is not None and process_rank() == 0 and not overwrite and out.is_dir() and any(
                 (out / f).exists() for f in RUN_FILES):
             raise RunFolderError(f"{out} already holds a run: resume it (resume=True / --resume) or replace it "
                              "(overwrite=True / --overwrite), or choose another folder")
@@ -370,7 +377,7 @@ def fit(model, data, sampler, epochs=None, elbo=None, lr=None, device=None, seed
                     (out / f).unlink()
 
         cbs.append(RunFolderCheckpoint(out, cfg, on_first_save=None if resume else remove_stale))
-        if resume and _rank() == 0:
+        if resume and process_rank() == 0:
             write_json(out / CONFIG, cfg)
     kwargs = dict(max_epochs=epochs, accelerator=accelerator, devices=devices, strategy=strategy,
                   num_nodes=num_nodes, precision=precision, logger=_logger(logger, out), callbacks=cbs,
@@ -381,7 +388,7 @@ def fit(model, data, sampler, epochs=None, elbo=None, lr=None, device=None, seed
     if val_sampler is None:
         kwargs["limit_val_batches"] = 0
     kwargs.update(trainer_kwargs)
-    if out is not None and _rank() == 0:
+    if out is not None and process_rank() == 0:
         out.mkdir(parents=True, exist_ok=True)
     with _quiet_lightning():
         try:

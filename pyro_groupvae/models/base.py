@@ -147,6 +147,8 @@ class GroupModel(nn.Module):
     group_site = None
     #: whether :meth:`encode` needs the labels ``y`` (conditional models)
     needs_labels = False
+    #: ``"amortized"`` (an encoder gives the posterior) or ``"svi"`` (free per-observation posterior parameters)
+    guide_type = "amortized"
 
     def __init__(self, *args, **kwargs):
         super().__init__()

@@ -14,12 +14,14 @@ from .grids import image_grid
 __all__ = ["sampling_grid_images", "interpolation_images", "plot_sampling_grid", "plot_interpolation"]
 
 
-def _global_dim(model):
-    return getattr(model, "global_dim", None) or model.content_dim
-
-
-def _local_dim(model):
-    return getattr(model, "local_dim", None) or model.style_dim
+def _dims(model):
+    """``(global, local)`` latent dimensions: UG-VAE ``(beta, z)``, ML-VAE ``(content, style)``."""
+    if model.group_site is None:
+        raise ValueError(f"the UG-VAE figures need a model with a group-level latent (UG-VAE, ML-VAE); "
+                         f"{model.name!r} has none")
+    if model.name == "ugvae":
+        return model.global_dim, model.local_dim
+    return model.content_dim, model.style_dim
 
 
 @torch.no_grad()
@@ -38,14 +40,15 @@ def sampling_grid_images(model, cluster=None, rows=7, cols=7, beta_range=1.0, z_
     kw = dict(device=p.device, dtype=p.dtype)
     t = torch.linspace(-beta_range, beta_range, rows, **kw)
     s = torch.linspace(-z_range, z_range, cols, **kw)
-    beta = t[:, None, None] * torch.ones(rows, cols, _global_dim(model), **kw)
+    global_dim, local_dim = _dims(model)
+    beta = t[:, None, None] * torch.ones(rows, cols, global_dim, **kw)
     if beta_center is not None:
         beta = beta + torch.as_tensor(beta_center, **kw)
-    if cluster is not None and hasattr(model, "prior_components"):
+    if cluster is not None and model.name == "ugvae":
         center = model.prior_components(beta[:, :1])[0][..., int(cluster), :]  # (rows, 1, local_dim)
     else:
-        center = torch.zeros(rows, 1, _local_dim(model), **kw)
-    z = center + s[None, :, None] * torch.ones(rows, cols, _local_dim(model), **kw)
+        center = torch.zeros(rows, 1, local_dim, **kw)
+    z = center + s[None, :, None] * torch.ones(rows, cols, local_dim, **kw)
     return model.decode(beta, z).cpu()
 
 
