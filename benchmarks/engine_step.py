@@ -92,43 +92,32 @@ def step_ratio(args, jit=False):
         loss.backward()
         opt.step()
 
-    torch.manual_seed(0)
-    m3 = MLVAE().to(dev)
-    m3.pyro_name = "mlvae_plain"
-    loss3 = TraceMeanField_ELBO()(m3.model, m3.guide)
-    opt3 = torch.optim.Adam(m3.parameters(), lr=1e-3, betas=(0.9, 0.999), eps=1e-8, foreach=True)
-    pyro_batches = iter(())
-    pyro_sampler = GroupBatchSampler(data.y, batch_groups=16, group_size=16, seed=2)
+    def plain_step(name, make_loss, seed):
+        """What the plan's step computes, without Lightning (checks off, as in fit), on its own model copy."""
+        torch.manual_seed(0)
+        model = MLVAE().to(dev)
+        model.pyro_name = name
+        loss = make_loss(model)
+        opt = torch.optim.Adam(model.parameters(), lr=1e-3, betas=(0.9, 0.999), eps=1e-8, foreach=True)
+        sampler = GroupBatchSampler(data.y, batch_groups=16, group_size=16, seed=seed)
+        batches = iter(())
 
-    def pyro_step():  # what the plan's step computes, without Lightning (checks off, as in fit)
-        nonlocal pyro_batches
-        b = next(pyro_batches, None)
-        if b is None:
-            pyro_batches = iter(pyro_sampler)
-            b = next(pyro_batches)
-        with m3.trusted_inputs(), pyro.validation_enabled(False):
-            opt3.zero_grad()
-            loss3(**m3.batch_inputs(data, b, dev)).backward()
-            opt3.step()
+        def step():
+            nonlocal batches
+            b = next(batches, None)
+            if b is None:
+                batches = iter(sampler)
+                b = next(batches)
+            with model.trusted_inputs(), pyro.validation_enabled(False):
+                opt.zero_grad()
+                loss(**model.batch_inputs(data, b, dev)).backward()
+                opt.step()
 
-    torch.manual_seed(0)
-    m4 = MLVAE().to(dev)
-    m4.pyro_name = "mlvae_plain_jit"
-    loss4 = JitLoss(m4.default_elbo(), m4.model, m4.guide)
-    opt4 = torch.optim.Adam(m4.parameters(), lr=1e-3, betas=(0.9, 0.999), eps=1e-8, foreach=True)
-    jit_batches = iter(())
-    jit_sampler = GroupBatchSampler(data.y, batch_groups=16, group_size=16, seed=3)
+        return step
 
-    def jit_step():  # the plain Pyro step with the JIT ELBO (what fit(jit=True) computes), without Lightning
-        nonlocal jit_batches
-        b = next(jit_batches, None)
-        if b is None:
-            jit_batches = iter(jit_sampler)
-            b = next(jit_batches)
-        with m4.trusted_inputs(), pyro.validation_enabled(False):
-            opt4.zero_grad()
-            loss4(**m4.batch_inputs(data, b, dev)).backward()
-            opt4.step()
+    pyro_step = plain_step("mlvae_plain", lambda m: TraceMeanField_ELBO()(m.model, m.guide), seed=2)
+    # the plain Pyro step with the JIT ELBO (what fit(jit=True) computes), without Lightning
+    jit_step = plain_step("mlvae_plain_jit", lambda m: JitLoss(m.default_elbo(), m.model, m.guide), seed=3)
 
     cb = Interleave(hand_step, pyro_step, jit_step, sync)
     fit(m, data, sampler, epochs, device=args.device, progress=False, callbacks=[cb], logger="none",

@@ -4,7 +4,7 @@ runs (issue 8): SVI with each applicable ELBO, trace shapes, Predictive (prior w
 ``state_dict``, two live instances), JIT ELBOs without recompilation, and AutoNormal (on minibatches for the
 grouped model).
 
-A new model gets every test by one line in :data:`TINY` (its tiny configuration); more variants go in
+A new model gets every test by one line in ``TINY`` of tests/tiny_models.py (its tiny configuration); more variants go in
 :data:`EXTRA`. Tiny networks (hidden=16) on 32 real bundled MNIST digits (8 groups of 4 same-label images).
 """
 import copy
@@ -32,15 +32,8 @@ from pyro_groupvae.models import MODELS, build_model
 
 torch.set_num_threads(1)
 
-#: one line per registered model: a tiny configuration (a new model adds its line here and gets every test)
-TINY = {
-    "mlvae": dict(content_dim=3, style_dim=3, hidden=16),
-    "vae": dict(latent_dim=4, hidden=16),
-    "ugvae": dict(num_clusters=3, local_dim=3, global_dim=3, hidden=16, cluster_hidden=8, global_hidden=8),
-    "nvae": dict(class_dim=2, shared_dim=3, hidden=16, architecture="mlp"),
-    "cvae": dict(latent_dim=3, hidden=16, architecture="mlp"),
-    "hfvae": dict(continuous_dim=3, width=0.05),
-}
+from tiny_models import TINY  # noqa: E402  (one line per registered model, shared)
+
 N = 32  # rows of the test batch: labels 0..7, 4 images each (8 groups of 4)
 #: further variants: (id, registered name, options on top of TINY)
 EXTRA = [

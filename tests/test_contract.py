@@ -1,7 +1,7 @@
 """The model contract (pyro_groupvae.models.base), checked on every registered model.
 
 Adding a model: its model file (with ``@register_model`` and a ``Config`` dataclass), its recipe, and one line in
-:data:`TINY` below (small options for a fast test); :func:`test_every_registered_model_is_tested` fails until
+``TINY`` of tests/tiny_models.py (small options for a fast test, shared with test_conformance.py); :func:`test_every_registered_model_is_tested` fails until
 that line exists.
 """
 import contextlib
@@ -22,15 +22,8 @@ from pyro_groupvae.models import MODELS, build_model
 from pyro_groupvae.models.base import option_key
 from pyro_groupvae.runs import Run, all_recipes, load_run
 
-#: registry name -> small options (one line per model)
-TINY = {
-    "mlvae": dict(content_dim=3, style_dim=2, hidden=16),
-    "vae": dict(latent_dim=4, hidden=16),
-    "ugvae": dict(num_clusters=3, local_dim=2, global_dim=3, hidden=16, cluster_hidden=8, global_hidden=8),
-    "nvae": dict(num_classes=3, class_dim=2, shared_dim=3, hidden=16),
-    "cvae": dict(num_classes=3, latent_dim=3, hidden=16),
-    "hfvae": dict(continuous_dim=3, discrete_vars=1, discrete_classes=3, width=0.02),
-}
+from tiny_models import TINY  # noqa: E402  (one line per registered model, shared)
+
 NAMES = sorted(TINY)
 
 
