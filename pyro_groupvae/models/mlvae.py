@@ -207,6 +207,10 @@ class MLVAE(GroupModel):
         the AutoGuide keeps one local parameter per training observation/group and pairs every batch row with
         its own. Without them an AutoGuide's local parameters are per *batch position*: rows of different
         batches share them (Pyro cannot know better), which is only right for full-batch training.
+
+        An AutoGuide does not copy the model's ``poutine.scale`` onto its own sites, so with ``style_beta != 1``
+        it optimises ``beta log p(s) - log q(s)`` rather than the beta-weighted KL; use ``guide_type="svi"``
+        (which scales its ``style`` site too) for a weighted style KL.
         """
         n, num_groups, _ = _layout(self, x, group_index, num_groups)[1:]
         return list(self._plates(n, num_groups, obs_index, group_id))
