@@ -77,15 +77,10 @@ def step_ratio(args, jit=False):
     torch.manual_seed(0)
     m2 = MLVAE().to(dev)
     opt = torch.optim.Adam(m2.parameters(), lr=1e-3, betas=(0.9, 0.999), eps=1e-8, foreach=True)
-    hand_batches = iter(())
-    hand_sampler = GroupBatchSampler(data.y, batch_groups=16, group_size=16, seed=1)
+    hand_batches = endless(GroupBatchSampler(data.y, batch_groups=16, group_size=16, seed=1))
 
     def hand_step():
-        nonlocal hand_batches
-        b = next(hand_batches, None)
-        if b is None:
-            hand_batches = iter(hand_sampler)
-            b = next(hand_batches)
+        b = next(hand_batches)
         x, gi = data.x[b.indices].to(dev, non_blocking=True), b.group_index.to(dev, non_blocking=True)
         opt.zero_grad()
         loss = hand_written_loss(m2, x, gi, b.num_groups)
@@ -99,15 +94,10 @@ def step_ratio(args, jit=False):
         model.pyro_name = name
         loss = make_loss(model)
         opt = torch.optim.Adam(model.parameters(), lr=1e-3, betas=(0.9, 0.999), eps=1e-8, foreach=True)
-        sampler = GroupBatchSampler(data.y, batch_groups=16, group_size=16, seed=seed)
-        batches = iter(())
+        batches = endless(GroupBatchSampler(data.y, batch_groups=16, group_size=16, seed=seed))
 
         def step():
-            nonlocal batches
-            b = next(batches, None)
-            if b is None:
-                batches = iter(sampler)
-                b = next(batches)
+            b = next(batches)
             with model.trusted_inputs(), pyro.validation_enabled(False):
                 opt.zero_grad()
                 loss(**model.batch_inputs(data, b, dev)).backward()
@@ -153,6 +143,12 @@ def ddp_throughput(args):
         print(f"[2] {devices} process(es): {res[devices]:.0f} images/s (median over epochs 2..{args.ddp_epochs})")
     print(f"[2] 2 DDP processes / 1 process: {res[2] / res[1]:.2f}x on {os.cpu_count()} CPU cores")
     return res
+
+
+def endless(sampler):
+    """The sampler's batches, epoch after epoch (each ``iter`` starts the sampler's next epoch)."""
+    while True:
+        yield from sampler
 
 
 def main():

@@ -42,18 +42,13 @@ def old_log_batch_marginals(groups, dataset_size, max_chunk_elements=2 ** 22, ch
     comparison): every ``log q_{b'}(z_b)`` by the distribution's pairwise ``log_prob``, then three log-sum-exps."""
     from torch.utils.checkpoint import checkpoint
 
-    from pyro_groupvae.infer.hfvae_elbo import stratified_log_weights
+    from pyro_groupvae.infer.hfvae_elbo import chunk_plan, stratified_log_weights
 
     value0 = groups[0].value
     B = value0.shape[0]
     E = sum(g.num_sub for g in groups)
     D = len(groups)
-    if chunk_rows is None:
-        chunk_rows = max(1, int(max_chunk_elements) // max(1, B * E))
-    chunk_rows = min(int(chunk_rows), B)
-    n_chunks = -(-B // chunk_rows)
-    if use_checkpoint is None:
-        use_checkpoint = torch.is_grad_enabled() and n_chunks > 1
+    chunk_rows, use_checkpoint = chunk_plan(B, E, max_chunk_elements, chunk_rows, use_checkpoint)
 
     def pairwise(fn, value_rows, num_sub):
         lp = fn.log_prob(value_rows.unsqueeze(1))

@@ -272,6 +272,17 @@ def _normal_kind(g):
     return type(g.q) in (dist.Normal, torch.distributions.Normal)
 
 
+def chunk_plan(B, E, max_chunk_elements=2 ** 22, chunk_rows=None, use_checkpoint=None):
+    """Rows per chunk of the ``B x B x E`` table (at most ``max_chunk_elements`` elements, or ``chunk_rows``) and
+    whether to recompute chunks in the backward pass (default: with gradients and more than one chunk)."""
+    if chunk_rows is None:
+        chunk_rows = max(1, int(max_chunk_elements) // max(1, B * E))
+    chunk_rows = min(int(chunk_rows), B)
+    if use_checkpoint is None:
+        use_checkpoint = torch.is_grad_enabled() and -(-B // chunk_rows) > 1
+    return chunk_rows, use_checkpoint
+
+
 class _Prepared:
     """Per-group tensors of the fast paths, computed once per step (all ``(P, B, ...)``; ``P = 1`` without
     vectorised particles)."""
@@ -351,20 +362,16 @@ def log_batch_marginals(groups: List[LatentGroup], dataset_size, max_chunk_eleme
     dtype, device = g0.value.dtype, g0.value.device
     E = sum(g.num_sub for g in groups)
     D = len(groups)
-    if chunk_rows is None:
-        chunk_rows = max(1, int(max_chunk_elements) // max(1, B * E))
-    chunk_rows = min(int(chunk_rows), B)
-    n_chunks = -(-B // chunk_rows)
-    if use_checkpoint is None:
-        use_checkpoint = torch.is_grad_enabled() and n_chunks > 1
+    chunk_rows, use_checkpoint = chunk_plan(B, E, max_chunk_elements, chunk_rows, use_checkpoint)
     N = float(dataset_size)
     _check_sizes(B, dataset_size)
     off = math.log(N - 1) - math.log(N) - math.log(B - 1) if (B > 1 and N > 1) else -math.inf
     diag = -math.log(N)
     dw = diag - off if math.isfinite(off) else 0.0
 
+    prepared = [_Prepared(g, off if math.isfinite(off) else 0.0) for g in groups]
+
     def chunk(start, stop):
-        prepared = [_Prepared(g, off if math.isfinite(off) else 0.0) for g in groups]
         rows = torch.arange(start, stop, device=device)
         log_w = stratified_log_weights(rows, B, dataset_size, dtype, device)  # (c, B)
         grps, subs = [], []
