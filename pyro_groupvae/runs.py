@@ -12,7 +12,7 @@ from typing import Callable, Optional
 
 import torch
 
-from .infer.train import (CHECKPOINT, CONFIG, CheckpointError, check_checkpoint, fit, load_checkpoint,
+from .infer.train import (CHECKPOINT, CONFIG, CheckpointError, check_checkpoint, fit, load_checkpoint, plain_json,
                           resolve_device)
 
 RECIPES = {}
@@ -130,8 +130,8 @@ def train_run(model_name, out, dataset=None, epochs=10, device="cpu", seed=None,
         asked = {"dataset": dataset, "seed": seed, **opts}
         saved = {"dataset": cfg.get("dataset"), "seed": cfg.get("seed"), **cfg.get("options", {})}
         given -= {k for k in ("dataset", "seed") if asked[k] is None}
-        clash = [k for k in sorted(given) if k in saved and k in asked and _plain_value(asked[k]) !=
-                 _plain_value(saved[k])]
+        clash = [k for k in sorted(given) if k in saved and k in asked and plain_json(asked[k]) !=
+                 plain_json(saved[k])]
         if clash:
             what = ", ".join(f"--{k.replace('_', '-')} {asked[k]!r} (the run has {saved[k]!r})" for k in clash[:4])
             raise ConfigError(f"cannot resume {out} with other options: {what}; a resumed run keeps its data, seed "
@@ -153,10 +153,6 @@ def train_run(model_name, out, dataset=None, epochs=10, device="cpu", seed=None,
                   val_sampler=parts.get("val_sampler"), resume=resume, progress=progress, overwrite=overwrite,
                   config={"recipe": model_name, "dataset": dataset, "options": opts}, **engine)
     return model, history
-
-
-def _plain_value(v):
-    return json.loads(json.dumps(v, default=str))
 
 
 @dataclass

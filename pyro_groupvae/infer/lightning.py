@@ -33,7 +33,8 @@ import torch
 from pyro.poutine.messenger import Messenger
 from pyro.poutine.subsample_messenger import _Subsample
 
-from ..errors import ConfigError, TrainingError
+from ..errors import ConfigError
+from ..validation import check_finite_loss
 
 __all__ = ["PyroTrainingPlan", "DataParallelScale", "group_loader", "RunFolderCheckpoint", "ElboProgressBar"]
 
@@ -257,9 +258,8 @@ class PyroTrainingPlan(pl.LightningModule):
         opt = self.optimizers()
         opt.zero_grad()
         loss, own, n = self._loss(batch)
-        if loss.device.type == "cpu" and not math.isfinite(float(loss.detach())):  # on GPU: checked per epoch (no sync)
-            raise TrainingError(f"non-finite loss {float(loss.detach())} at epoch {self.current_epoch + 1}: lower the "
-                                "learning rate or check the data")
+        if loss.device.type == "cpu":  # on GPU: checked per epoch (no host sync)
+            check_finite_loss(float(loss.detach()), epoch=self.current_epoch + 1)
         self.manual_backward(loss)
         if self.clip_norm:
             self.clip_gradients(opt, gradient_clip_val=self.clip_norm, gradient_clip_algorithm="norm")
@@ -303,9 +303,7 @@ class PyroTrainingPlan(pl.LightningModule):
 
     def on_train_epoch_end(self):
         train_elbo = self._reduce(self._sum, self._count)
-        if not math.isfinite(train_elbo):
-            raise TrainingError(f"non-finite loss at epoch {self.current_epoch + 1}: lower the learning rate "
-                                     "or check the data")
+        check_finite_loss(train_elbo, epoch=self.current_epoch + 1)
         val = getattr(self, "_val_elbo", float("nan")) if self.val_sampler is not None else float("nan")
         row = {"epoch": self.current_epoch + 1, "train_elbo": train_elbo, "val_elbo": val,
                "seconds": time.perf_counter() - self._epoch_t0}
@@ -322,10 +320,10 @@ class PyroTrainingPlan(pl.LightningModule):
 
     # ------------------------------------------------------------------ checkpoints
     def on_save_checkpoint(self, checkpoint):
-        from .train import plain_rng_state
+        from .train import plain_json, plain_rng_state
 
         checkpoint["model_name"] = self.model.name
-        checkpoint["model_config"] = _plain(self.model.config)
+        checkpoint["model_config"] = plain_json(self.model.config)
         checkpoint["history"] = [dict(r) for r in self.history]
         checkpoint["epoch_done"] = len(self.history)
         checkpoint["sampler_state"] = self.sampler.state_dict() if hasattr(self.sampler, "state_dict") else {}
@@ -371,14 +369,6 @@ def _registered_once(model):
         yield
     finally:
         model.__dict__.pop("register", None)
-
-
-def _plain(obj):
-    """JSON-like copy (tuples -> lists, numpy scalars -> Python) so that checkpoints load with
-    ``weights_only=True`` and compare with ``config.json``."""
-    import json
-
-    return json.loads(json.dumps(obj, default=lambda o: o.item() if hasattr(o, "item") else str(o)))
 
 
 class RunFolderCheckpoint(pl.callbacks.Checkpoint):

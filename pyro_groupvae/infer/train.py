@@ -35,7 +35,7 @@ CONFIG = "config.json"
 #: files of a run folder that make it "hold a run"
 RUN_FILES = (CHECKPOINT, CONFIG, HISTORY, BEST)
 #: files a fresh ``overwrite`` run removes when it writes its first checkpoint (stale results of the old run)
-STALE_FILES = (BEST, "metrics.json", "report.md")
+STALE_FILES = ("metrics.json", "report.md")
 
 
 # ---------------------------------------------------------------------------------------------------- files
@@ -98,7 +98,9 @@ def load_checkpoint(path, map_location="cpu"):
     return state
 
 
-def _plain(obj):
+def plain_json(obj):
+    """JSON-like copy (tuples -> lists, numpy/torch scalars -> Python) so that checkpoints load with
+    ``weights_only=True`` and compare with ``config.json``."""
     return json.loads(json.dumps(obj, default=lambda o: o.item() if hasattr(o, "item") else str(o)))
 
 
@@ -108,9 +110,9 @@ def check_checkpoint(state, model, path):
     if name is not None and name != model.name:
         raise CheckpointError(f"checkpoint {path} holds a {name!r} model, not {model.name!r}: resume it with the "
                               f"same model, or train a new run elsewhere")
-    saved, now = state.get("model_config"), _plain(model.config)
-    if saved is not None and _plain(saved) != now:
-        saved = _plain(saved)
+    saved, now = state.get("model_config"), plain_json(model.config)
+    if saved is not None and plain_json(saved) != now:
+        saved = plain_json(saved)
         diff = sorted(k for k in set(saved) | set(now) if saved.get(k) != now.get(k))
         detail = ", ".join(f"{k}: checkpoint {saved.get(k)!r} vs model {now.get(k)!r}" for k in diff[:5])
         raise CheckpointError(f"checkpoint {path} is of another {model.name} config ({detail}): build the model "
@@ -360,7 +362,7 @@ def fit(model, data, sampler, epochs=None, elbo=None, lr=None, device=None, seed
         cbs.append(pl.callbacks.EarlyStopping(monitor=monitor, mode="max", patience=int(early_stopping),
                                               check_on_train_epoch_end=True))
     if out is not None:
-        cfg = {"model": model.name, "model_config": _plain(model.config), "seed": seed, "lr": lr, "epochs": epochs,
+        cfg = {"model": model.name, "model_config": plain_json(model.config), "seed": seed, "lr": lr, "epochs": epochs,
                "elbo": type(elbo).__name__, "device": str(device), "accelerator": str(accelerator),
                "devices": devices if isinstance(devices, (int, str, list)) else str(devices),
                "strategy": strategy if isinstance(strategy, str) else type(strategy).__name__,
@@ -373,7 +375,7 @@ def fit(model, data, sampler, epochs=None, elbo=None, lr=None, device=None, seed
 
         def remove_stale():
             for f in STALE_FILES:
-                if f != BEST and (out / f).exists():
+                if (out / f).exists():
                     (out / f).unlink()
 
         cbs.append(RunFolderCheckpoint(out, cfg, on_first_save=None if resume else remove_stale))

@@ -38,9 +38,7 @@ for _cls in MODELS.values():
 
 def build_model(name, *config, **kwargs):
     """Instantiate the registered model ``name`` from its config (a ``Config`` instance and/or keywords)."""
-    if name not in MODELS:
-        raise ValueError(f"unknown model {name!r}; known: {sorted(MODELS)}")
-    return MODELS[name](*config, **kwargs)
+    return get_model(name)(*config, **kwargs)
 
 
 def get_model(name):
