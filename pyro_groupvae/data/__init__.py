@@ -180,20 +180,12 @@ def _in_memory_as_lazy(ds):
     """An in-memory ImageDataset wrapped as a LazyImageDataset (for mixing with file-based parts)."""
     import numpy as np
 
-    from .lazy import ArrayReader
+    from .lazy import ArrayReader, _Const
 
     arr = (ds.x.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).contiguous().numpy()
     reader = ArrayReader(_Const(arr), arr.shape, None, name=ds.name)
     return LazyImageDataset(reader, ds.y, name=ds.name, extras={k: v for k, v in ds.extras.items()
                                                                   if not (hasattr(v, "shape") and len(v) == len(ds))})
-
-
-class _Const:
-    def __init__(self, value):
-        self.value = value
-
-    def __call__(self):
-        return self.value
 
 
 # --- dsprites: implemented in pyro_groupvae/data/dsprites/ (imported on first use: rendering setup is not free) ---

@@ -70,14 +70,9 @@ def read_image(path: str, size: Optional[int], channels: int, crop: Optional[int
         with Image.open(path) as img:
             img.load()
             img = _convert(img, channels, path)
-            if crop is not None:
-                w, h = img.size
-                c = min(int(crop), w, h)
-                left, top = (w - c) // 2, (h - c) // 2
-                img = img.crop((left, top, left + c, top + c))
     except (UnidentifiedImageError, OSError, SyntaxError) as e:
         raise ValueError(f"cannot read image {path!r}: {type(e).__name__}: {e}") from e
-    arr = np.asarray(resize_square(img, size), dtype=np.uint8)
+    arr = np.asarray(resize_square(img, size, crop), dtype=np.uint8)
     return arr[:, :, None] if arr.ndim == 2 else arr
 
 

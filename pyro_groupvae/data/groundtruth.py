@@ -50,6 +50,7 @@ the file); ``verify=True`` also hashes files over 2 GiB, ``verify=False`` skips.
 """
 from __future__ import annotations
 
+import functools
 import gzip
 import os
 import zipfile
@@ -59,10 +60,11 @@ from typing import Optional, Protocol, Sequence, runtime_checkable
 import numpy as np
 import torch
 
-from .lazy import ArrayReader, LazyImageDataset, resize_square, verify_md5
+from .lazy import ArrayReader, LazyImageDataset, _Const, resize_square, verify_md5
 
 __all__ = ["GroundTruthData", "GroundTruthDataset", "load_3dshapes", "load_mpi3d", "load_smallnorb", "load_cars3d",
-           "load_ground_truth", "read_norb_matrix", "npz_member", "GROUND_TRUTH_DATASETS", "split_rows"]
+           "load_ground_truth", "read_norb_matrix", "npz_member", "GROUND_TRUTH_DATASETS", "split_rows",
+           "grid_permutation"]
 
 SPLIT_SEED = 20170101
 
@@ -405,7 +407,7 @@ def read_norb_matrix(path: str, mmap: bool = True) -> np.ndarray:
     return np.fromfile(path, dtype=dtype, count=int(np.prod(dims)), offset=header_len).reshape(dims)
 
 
-def _grid_permutation(codes: np.ndarray, sizes, path: str, what: str) -> Optional[np.ndarray]:
+def grid_permutation(codes: np.ndarray, sizes, path: str, what: str) -> Optional[np.ndarray]:
     """``row_map`` (grid index -> stored row) from per-row factor indices, or ``None`` when stored in grid order.
 
     :raises ValueError: the rows do not cover the grid exactly once.
@@ -482,7 +484,7 @@ def load_3dshapes(root, label_factor="shape", cache: bool = False, verify: Optio
         values.append(v)
         codes.append(c.reshape(-1))
     sizes = tuple(len(v) for v in values)
-    row_map = _grid_permutation(np.stack(codes, 1), sizes, path, "labels")
+    row_map = grid_permutation(np.stack(codes, 1), sizes, path, "labels")
     reader = ArrayReader(_H5Opener(path, "images"), shape, None, name=path, row_map=row_map)
     return GroundTruthDataset(reader, SHAPES3D_FACTORS, values, label_factor=label_factor, cache=cache,
                               name="3dshapes")
@@ -494,20 +496,10 @@ MPI3D_FACTORS = ("object_color", "object_shape", "object_size", "camera_height",
 MPI3D_SIZES = {1036800: (6, 6, 2, 3, 3, 40, 40), 460800: (4, 4, 2, 3, 3, 40, 40)}
 
 
-class _Const:
-    def __init__(self, value):
-        self.value = value
-
-    def __call__(self):
-        return self.value
-
-
-class _Memo:
-    def __init__(self, fn, *args):
-        self.fn, self.args = fn, args
-
-    def __call__(self):
-        return self.fn(*self.args)
+def _npz_opener(images, path: str, key: str):
+    """ArrayReader opener of ``npz_member(path, key)`` (already read as ``images``): the array itself when it was
+    read into memory, else a re-open of the memory map (so every worker process maps the file itself)."""
+    return functools.partial(npz_member, path, key) if isinstance(images, np.memmap) else _Const(images)
 
 
 def load_mpi3d(root, variant: str = "toy", factor_sizes=None, label_factor="object_shape", cache: bool = False,
@@ -535,8 +527,7 @@ def load_mpi3d(root, variant: str = "toy", factor_sizes=None, label_factor="obje
     if len(factor_sizes) != 7 or int(np.prod(factor_sizes)) != n:
         raise ValueError(f"{path!r}: factor_sizes {factor_sizes} (product {int(np.prod(factor_sizes))}) do not match "
                          f"its {n} images (7 factors expected)")
-    opener = _Const(images) if not isinstance(images, np.memmap) else _Memo(npz_member, path, "images")
-    reader = ArrayReader(opener, images.shape, None, name=path)
+    reader = ArrayReader(_npz_opener(images, path, "images"), images.shape, None, name=path)
     values = [np.arange(s) for s in factor_sizes]
     return GroundTruthDataset(reader, MPI3D_FACTORS, values, label_factor=label_factor, cache=cache,
                               name=f"mpi3d-{variant}")
@@ -615,6 +606,8 @@ def load_smallnorb(root, split: str = "all", size: Optional[int] = 64, label_fac
             raise ValueError(f"{paths['cat']!r} / {paths['info']!r}: shapes {cat.shape} / {info.shape} do not match "
                              f"{dat.shape[0]} images (expected ({dat.shape[0]},) and ({dat.shape[0]}, 4))")
         feats.append(np.column_stack([np.asarray(cat).reshape(-1), np.asarray(info)]).astype(np.int64))
+        if not dat_paths:
+            h, w = dat.shape[2:]  # image size of the first file (kept: a .mat.gz is not decompressed again here)
         dat_paths.append(paths["dat"])
     feats = np.concatenate(feats)
     feats[:, 3] //= 2  # azimuth 0, 2, ..., 34 -> 0..17
@@ -626,8 +619,7 @@ def load_smallnorb(root, split: str = "all", size: Optional[int] = 64, label_fac
     values[2] = 30 + 5 * values[2]  # elevation in degrees (30..70)
     values[3] = values[3] * 20  # azimuth in degrees (0..340)
     sizes = tuple(len(v) for v in values)
-    row_map = _grid_permutation(np.stack(codes, 1), sizes, dat_paths[0], "images (cat/info files)")
-    h, w = read_norb_matrix(dat_paths[0]).shape[2:]
+    row_map = grid_permutation(np.stack(codes, 1), sizes, dat_paths[0], "images (cat/info files)")
     n = len(feats)
     reader = ArrayReader(_NorbImages(dat_paths), (n, h, w), size, name=" + ".join(dat_paths), row_map=row_map)
     return GroundTruthDataset(reader, NORB_FACTORS, values, latent=[0, 2, 3, 4], label_factor=label_factor,
@@ -707,8 +699,7 @@ def load_cars3d(root, size: Optional[int] = 64, label_factor="object", cache: bo
         images = npz_member(root, "images")
         if images.ndim != 4 or images.shape[3] != 3 or images.shape[0] % 96:
             raise ValueError(f"{root!r}: 'images' is {images.shape}, expected (96 * cars, H, W, 3)")
-        opener = _Const(images) if not isinstance(images, np.memmap) else _Memo(npz_member, root, "images")
-        reader = ArrayReader(opener, images.shape, size, name=root)
+        reader = ArrayReader(_npz_opener(images, root, "images"), images.shape, size, name=root)
         n_cars = images.shape[0] // 96
     else:
         folder = root

@@ -105,19 +105,27 @@ def verify_md5(path, expected: Optional[str] = None, verify: Optional[bool] = No
 
 
 # --------------------------------------------------------------------------------------------------- helpers
-def resize_square(img, size: Optional[int]):
-    """Centre-crop a PIL image to a square and resize it to ``size x size`` (bilinear; ``None``: keep)."""
+def resize_square(img, size: Optional[int], crop: Optional[int] = None):
+    """Centre-crop a PIL image to a square (``crop x crop`` when ``crop`` is given, else the largest centred
+    square) and resize it to ``size x size`` (bilinear; ``None``: keep)."""
     from PIL import Image
 
     w, h = img.size
-    if w != h:
-        s = min(w, h)
+    s = min(w, h) if crop is None else min(int(crop), w, h)
+    if (s, s) != (w, h):
         left, top = (w - s) // 2, (h - s) // 2
         img = img.crop((left, top, left + s, top + s))
     if size is not None and img.size != (size, size):
         resample = getattr(Image, "Resampling", Image).BILINEAR
         img = img.resize((size, size), resample=resample, reducing_gap=None)
     return img
+
+
+def _read_unique(rows: np.ndarray, read_sorted_unique) -> np.ndarray:
+    """``read_sorted_unique`` called once on the sorted, de-duplicated ``rows``, its result gathered back to
+    the order (and duplicates) of ``rows``."""
+    uniq, inverse = np.unique(rows, return_inverse=True)
+    return read_sorted_unique(uniq)[inverse]
 
 
 def _as_rows(index, n: int):
@@ -146,6 +154,16 @@ def _as_rows(index, n: int):
     if arr.min() < -n or arr.max() >= n:
         raise IndexError(f"index out of range for {n} images (got {int(arr.min())}..{int(arr.max())})")
     return arr % n, False
+
+
+class _Const:
+    """:class:`ArrayReader` opener of an array already in memory (picklable, unlike a lambda)."""
+
+    def __init__(self, value):
+        self.value = value
+
+    def __call__(self):
+        return self.value
 
 
 class ArrayReader:
@@ -192,18 +210,16 @@ class ArrayReader:
 
     def read(self, rows: np.ndarray) -> np.ndarray:
         stored = rows if self.row_map is None else self.row_map[rows]
-        order = np.argsort(stored, kind="stable")
-        srt = stored[order]
-        uniq, inverse = np.unique(srt, return_inverse=True)
-        try:
-            with self._lock:
-                block = np.asarray(self.array()[uniq])  # HDF5 needs increasing, unique indices
-        except (OSError, ValueError, KeyError) as e:
-            raise OSError(f"cannot read images {int(uniq[0])}..{int(uniq[-1])} from {self.name}: "
-                          f"{type(e).__name__}: {e} (the file may be truncated or corrupt)") from e
-        block = block[inverse]
-        out = np.empty((len(rows),) + tuple(block.shape[1:]), dtype=block.dtype)
-        out[order] = block
+
+        def read_sorted_unique(uniq):
+            try:
+                with self._lock:
+                    return np.asarray(self.array()[uniq])  # HDF5 needs increasing, unique indices
+            except (OSError, ValueError, KeyError) as e:
+                raise OSError(f"cannot read images {int(uniq[0])}..{int(uniq[-1])} from {self.name}: "
+                              f"{type(e).__name__}: {e} (the file may be truncated or corrupt)") from e
+
+        out = _read_unique(stored, read_sorted_unique)
         if out.ndim == 3:
             out = out[..., None]
         if out.dtype != np.uint8:
@@ -410,14 +426,12 @@ class LazyImageDataset(torch.utils.data.Dataset):
         return tuple(self.reader.image_shape)
 
     def _read(self, rows: np.ndarray, device=None) -> torch.Tensor:
-        src = self.rows[rows]
-        order = np.argsort(src, kind="stable")
-        srt = src[order]
-        uniq, inverse = np.unique(srt, return_inverse=True)
-        block = self._cache.get(uniq, self.reader.read) if self._cache is not None else (
-            self.reader.read(uniq) if len(uniq) else np.zeros((0,) + self.image_shape, self.reader.dtype))
-        arr = np.empty((len(rows),) + tuple(block.shape[1:]), dtype=block.dtype)
-        arr[order] = block[inverse]
+        def read_sorted_unique(uniq):
+            if self._cache is not None:
+                return self._cache.get(uniq, self.reader.read)
+            return self.reader.read(uniq) if len(uniq) else np.zeros((0,) + self.image_shape, self.reader.dtype)
+
+        arr = _read_unique(self.rows[rows], read_sorted_unique)
         x = torch.from_numpy(arr)
         x = x.float().div_(255.0) if arr.dtype == np.uint8 else x.float()
         if self._threshold is not None:

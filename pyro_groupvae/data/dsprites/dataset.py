@@ -10,13 +10,14 @@ import numpy as np
 import torch
 
 from ..base import ImageDataset
+from ..groundtruth import split_rows
 from .cache import SpriteTables, open_packed_cache, packed_cache_valid, unpack_images, write_packed_cache
 from .factors import (FACTOR_NAMES, FACTOR_SIZES, IMAGE_SIZE, NUM_IMAGES, ORIENTATIONS, PACKED_BYTES, POSITIONS,
                       SCALES, SHAPE_NAMES, as_factor_array, as_index_array, as_rng)
 from .npz import read_npz
 from .render import NUM_PHASES, WINDOW, paste_rows, render_windows
 
-__all__ = ["DSprites", "load_dsprites", "split_mask"]
+__all__ = ["DSprites", "load_dsprites"]
 
 
 class DSprites:
@@ -238,16 +239,6 @@ class DSprites:
         return self
 
 
-def split_mask(split: str) -> Optional[np.ndarray]:
-    """Fixed 90/10 train/test partition of the grid (independent of the sampling seed)."""
-    if split == "all":
-        return None
-    if split not in ("train", "test"):
-        raise ValueError(f"split must be 'train', 'test' or 'all', got {split!r}")
-    is_test = np.random.default_rng(20170101).random(NUM_IMAGES) < 0.1
-    return is_test if split == "test" else ~is_test
-
-
 def load_dsprites(split: str = "train", n: Optional[int] = None, seed: int = 0, root: Optional[str] = None,
                   dataset: Optional[DSprites] = None) -> ImageDataset:
     """A random subset of dSprites as an in-memory :class:`~pyro_groupvae.data.base.ImageDataset`.
@@ -264,8 +255,7 @@ def load_dsprites(split: str = "train", n: Optional[int] = None, seed: int = 0, 
     """
     if dataset is None:
         dataset = DSprites.from_npz(root) if root is not None else DSprites()
-    mask = split_mask(split)
-    pool = np.arange(NUM_IMAGES) if mask is None else np.nonzero(mask)[0]
+    pool = split_rows(NUM_IMAGES, split)  # the fixed 90/10 partition of the other ground-truth sets
     n = 20000 if n is None else int(n)
     if n > len(pool) or n < 0:
         raise ValueError(f"n must be in [0, {len(pool)}] for split {split!r}, got {n}")

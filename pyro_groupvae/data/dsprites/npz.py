@@ -7,6 +7,7 @@ import zipfile
 
 import numpy as np
 
+from ..groundtruth import grid_permutation
 from .factors import DSPRITES_NPZ_NAME, FACTOR_SIZES, IMAGE_SIZE, NUM_IMAGES
 
 __all__ = ["read_npz"]
@@ -16,14 +17,15 @@ def read_npz(path: str, chunk: int = 16384):
     """Read the official npz into bit-packed images.
 
     The images are streamed out of the archive and kept bit-packed (377 MB), never as the 3 GB uint8 array.
-    ``latents_classes`` is checked against the row-major index order.
+    ``latents_classes`` is checked against the row-major index order (every factor combination exactly once).
 
     :param str path: the npz file, or a folder that contains it.
     :param int chunk: images decoded per step.
     :returns: ``(packed (737280, 512) uint8, row_of_index)``; ``row_of_index`` is ``None`` when the file is in the
         row-major index order, else the row of every dSprites index.
     :raises FileNotFoundError: if the file does not exist.
-    :raises ValueError: if the file is not a readable dSprites npz (corrupt, truncated or wrong arrays).
+    :raises ValueError: if the file is not a readable dSprites npz (corrupt, truncated or wrong arrays, or
+        ``latents_classes`` not covering the factor grid).
     """
     if os.path.isdir(path):
         path = os.path.join(path, DSPRITES_NPZ_NAME)
@@ -60,9 +62,4 @@ def read_npz(path: str, chunk: int = 16384):
     classes = np.asarray(classes)
     if classes.shape != (NUM_IMAGES, len(FACTOR_SIZES)):
         raise ValueError(f"latents_classes has shape {classes.shape}, expected ({NUM_IMAGES}, 6)")
-    order = np.ravel_multi_index(tuple(classes.astype(np.int64).T), FACTOR_SIZES)
-    if not np.array_equal(order, np.arange(NUM_IMAGES)):
-        row_of_index = np.empty(NUM_IMAGES, dtype=np.int64)
-        row_of_index[order] = np.arange(NUM_IMAGES)
-        return packed, row_of_index
-    return packed, None
+    return packed, grid_permutation(classes.astype(np.int64), FACTOR_SIZES, path, "latents_classes")
