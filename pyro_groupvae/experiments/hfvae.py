@@ -24,6 +24,7 @@ from tqdm import tqdm
 from ..data import RandomBatchSampler
 from ..data.options import add_dataset_arguments
 from ..infer.hfvae_elbo import PRESETS
+from ..models.base import config_from_options
 from ..runs import Recipe, register_recipe
 from .report import FigureWriter, md_table
 
@@ -78,20 +79,19 @@ def build_model(opts, image_shape, defaults):
     from ..models.hfvae import HFVAE
     from ..infer.hfvae_elbo import preset_weights
 
-    val = lambda k: opts[k] if opts.get(k) is not None else getattr(HFVAE.Config, k)  # noqa: E731
-    preset = val("preset")
-    a, b, g, d = preset_weights(preset, val("beta"), val("gamma"))
-    if opts.get("alpha") is not None:
-        a = float(opts["alpha"])
-    if opts.get("delta") is not None:
-        d = float(opts["delta"])
-    structured = PRESETS[preset]["structured"]
-    get = lambda k: opts.get(k) if opts.get(k) is not None else defaults[k]  # noqa: E731
-    return HFVAE(image_shape=image_shape, architecture=val("architecture"),
-                 continuous_dim=get("continuous_dim"), discrete_vars=get("discrete_vars") if structured else 0,
-                 discrete_classes=get("discrete_classes"), temperature=val("temperature"),
-                 likelihood=get("likelihood"), alpha=a, beta=b, gamma=g, delta=d, preset=preset,
-                 width=val("width"), min_scale=val("min_scale"))
+    def option(k, default):
+        return opts[k] if opts.get(k) is not None else default
+
+    preset = option("preset", HFVAE.Config.preset)
+    a, b, g, d = preset_weights(preset, option("beta", HFVAE.Config.beta), option("gamma", HFVAE.Config.gamma))
+    # the preset decides the weights (alpha and delta unless given), the dataset the latent sizes and likelihood;
+    # the other fields come from the options or the config's defaults
+    sizes = {k: option(k, defaults[k]) for k in ("continuous_dim", "discrete_vars", "discrete_classes", "likelihood")}
+    if not PRESETS[preset]["structured"]:
+        sizes["discrete_vars"] = 0
+    return HFVAE(config_from_options(HFVAE.Config, opts, image_shape=image_shape, preset=preset,
+                                     alpha=float(option("alpha", a)), beta=b, gamma=g,
+                                     delta=float(option("delta", d)), **sizes))
 
 
 def _build(opts, train, val):

@@ -15,6 +15,7 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import sys
 import time
@@ -40,10 +41,11 @@ def _score(run, seed, quick, reference_dci):
     if cache.exists():
         return json.loads(cache.read_text())
     model = load_run(run).model
-    scores = dsprites_scores(model, quick, seed)
+    data = DSprites()
+    scores = dsprites_scores(model, quick, seed, data=data)
     if reference_dci:
         t0 = time.perf_counter()
-        res = dm.dci_score(DSprites(), lambda x: model.represent(torch.as_tensor(x).float()), seed=seed,
+        res = dm.dci_score(data, lambda x: model.represent(torch.as_tensor(x).float()), seed=seed,
                            **(dict(num_train=300, num_test=100, gbt_kwargs={"n_estimators": 5}) if quick
                               else DCI_REFERENCE))
         scores["dci_reference"] = float(res["disentanglement"])
@@ -52,12 +54,23 @@ def _score(run, seed, quick, reference_dci):
     return scores
 
 
+def _epochs_done(run):
+    """Rows of the run folder's ``history.csv`` (finished epochs), without loading the model; 0 if none."""
+    from ..infer.train import HISTORY
+
+    path = run / HISTORY
+    if not path.exists():
+        return 0
+    with path.open(newline="") as f:
+        return sum(1 for _ in csv.DictReader(f))
+
+
 def dsprites_table_seeds(out, presets=TABLE_PRESETS, seeds=(0, 1, 2), epochs=60, n_train=20000, batch_size=128,
                          width=1.0, beta=4.0, gamma=3.0, quick=False, reference_dci=True, progress=True):
     """Train (or continue) every preset x seed on the same dSprites subset and budget, score, and write
     ``out/table.md`` / ``out/table.json`` (mean +- std over the seeds). Returns the markdown table."""
     from ..infer.train import CHECKPOINT
-    from ..runs import load_run, train_run
+    from ..runs import train_run
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -66,7 +79,7 @@ def dsprites_table_seeds(out, presets=TABLE_PRESETS, seeds=(0, 1, 2), epochs=60,
     for seed in seeds:
         for preset in presets:
             run = out / f"{preset}_s{seed}"
-            done = (run / CHECKPOINT).exists() and len(load_run(run).history) >= epochs
+            done = (run / CHECKPOINT).exists() and _epochs_done(run) >= epochs
             if not done:
                 t0 = time.perf_counter()
                 resume = (run / CHECKPOINT).exists()

@@ -128,12 +128,14 @@ def _random_subset(data, n, seed):
 def augmentation_table(result):
     """Markdown table of :func:`~pyro_groupvae.evaluation.nvae.augmentation_experiment`'s result (test error in %,
     mean ± std over seeds)."""
-    b = result["baseline"]
-    lines = ["| model | p | sigma | test error % (mean ± std) |", "|---|---|---|---|",
-             f"| no augmentation | 0 | - | {100 * b['mean']:.2f} ± {100 * b['std']:.2f} |"]
-    for r in result["settings"]:
-        lines.append(f"| {r['model']} | {r['p']} | {r['sigma']} | {100 * r['mean']:.2f} ± {100 * r['std']:.2f} |")
-    return "\n".join(lines)
+    from .report import md_table
+
+    def error(r):
+        return f"{100 * r['mean']:.2f} ± {100 * r['std']:.2f}"
+
+    rows = [["no augmentation", 0, "-", error(result["baseline"])]]
+    rows += [[r["model"], r["p"], r["sigma"], error(r)] for r in result["settings"]]
+    return "\n".join(md_table(["model", "p", "sigma", "test error % (mean ± std)"], rows))
 
 
 def _evaluate_cvae(model, config, run_dir, opts):

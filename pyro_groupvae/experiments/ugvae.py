@@ -131,15 +131,17 @@ def _mixed_batches(domain, batch_size, n, seed):
 
 
 def _table(rows):
-    lines = ["| batches | features | classifier | train acc | test acc |", "|---|---|---|---|---|"]
+    from .report import md_table
+
+    cells = []
     for name, res in rows:
         for feat in ("beta_samples", "beta_means", "pixel_mean_reference", "untrained_beta_samples",
                      "untrained_beta_means"):
             if feat not in res:
                 continue
             for kernel, acc in res[feat].items():
-                lines.append(f"| {name} | {feat} | {kernel} SVM | {acc['train']:.3f} | {acc['test']:.3f} |")
-    return "\n".join(lines)
+                cells.append([name, feat, f"{kernel} SVM", f"{acc['train']:.3f}", f"{acc['test']:.3f}"])
+    return "\n".join(md_table(["batches", "features", "classifier", "train acc", "test acc"], cells))
 
 
 @dataclass
