@@ -32,17 +32,22 @@ DCI_REFERENCE = dict(num_train=10000, num_test=5000, gbt_kwargs={"n_estimators":
 
 
 def _score(run, seed, quick, reference_dci):
+    """Scores of one finished run, cached in ``run/scores.json``; a cache written without the reference DCI (a
+    ``--no-reference-dci`` pass) gains it when asked, so the slow metric can be run apart from training."""
     from ..data.dsprites import DSprites
     from ..evaluation import disentanglement as dm
     from ..evaluation.hfvae import dsprites_scores
     from ..runs import load_run
 
     cache = run / "scores.json"
-    if cache.exists():
-        return json.loads(cache.read_text())
+    scores = json.loads(cache.read_text()) if cache.exists() else None
+    if scores is not None and (not reference_dci or "dci_reference" in scores):
+        return scores
     model = load_run(run).model
     data = DSprites()
-    scores = dsprites_scores(model, quick, seed, data=data)
+    if scores is None:
+        scores = dsprites_scores(model, quick, seed, data=data)
+        cache.write_text(json.dumps(scores, indent=2))
     if reference_dci:
         t0 = time.perf_counter()
         res = dm.dci_score(data, lambda x: model.represent(torch.as_tensor(x).float()), seed=seed,
@@ -50,7 +55,7 @@ def _score(run, seed, quick, reference_dci):
                               else DCI_REFERENCE))
         scores["dci_reference"] = float(res["disentanglement"])
         scores["dci_reference_seconds"] = time.perf_counter() - t0
-    cache.write_text(json.dumps(scores, indent=2))
+        cache.write_text(json.dumps(scores, indent=2))
     return scores
 
 
