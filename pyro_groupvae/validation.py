@@ -265,8 +265,9 @@ def _flag(name):
     return _FLAGS.get(name, "--" + name.replace("_", "-"))
 
 
-def _check_option(name, value, where):
-    if value is None or name not in OPTION_RULES and name not in _CHOICES:
+def _check_option(name, value, where, none_ok=True):
+    """``none_ok``: ``None`` (an option not given) passes; a model config refuses it for a choice."""
+    if value is None and (none_ok or name not in _CHOICES) or name not in OPTION_RULES and name not in _CHOICES:
         return
     if name in _CHOICES:
         if value not in _CHOICES[name]:
@@ -297,7 +298,7 @@ def validate_config(config, model_name=None):
         config = dataclasses.asdict(config)
     where = f"{model_name}: " if model_name else ""
     for name, value in config.items():
-        _check_option(name, value, where)
+        _check_option(name, value, where, none_ok=False)
     shape = config.get("image_shape")
     if shape is not None:
         try:

@@ -185,10 +185,7 @@ class HFVAE(GroupModel):
             raise ValueError(f"architecture must be one of {ARCHITECTURES} or 'auto', got {architecture!r}")
         if architecture in ("dsprites", "conv") and image_shape[1:] != (64, 64):
             raise ValueError(f"architecture {architecture!r} needs 64x64 images, got {image_shape}")
-        if continuous_dim < 1:
-            raise ValueError(f"continuous_dim must be >= 1, got {continuous_dim}")
-        if discrete_vars < 0 or (discrete_vars and discrete_classes < 2):
-            raise ValueError("discrete_vars must be >= 0 and discrete_classes >= 2")
+        # continuous_dim >= 1, discrete_vars >= 0, discrete_classes >= 2: validate_config (GroupModel.__init__)
         self.image_shape = image_shape
         self.D, self.V, self.K = int(continuous_dim), int(discrete_vars), int(discrete_classes)
         if not self.V:

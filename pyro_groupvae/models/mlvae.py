@@ -151,11 +151,7 @@ class MLVAE(GroupModel):
         group_posterior, content_sample, guide_type = c.group_posterior, c.content_sample, c.guide_type
         architecture, hidden = c.architecture, c.hidden
         num_train_obs, num_train_groups = c.num_train_obs, c.num_train_groups
-        for arg, value, allowed in [("group_posterior", group_posterior, ("product", "mixture")),
-                                    ("content_sample", content_sample, ("group", "observation")),
-                                    ("guide_type", guide_type, ("amortized", "svi"))]:
-            if value not in allowed:
-                raise ValueError(f"{arg} must be one of {allowed}, got {value!r}")
+        # group_posterior, content_sample, guide_type: checked by validate_config (GroupModel.__init__)
         if not content_dim:
             self.latent_sites = ("style",)
         self.image_shape = image_shape

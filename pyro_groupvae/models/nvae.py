@@ -278,15 +278,11 @@ class NVAE(LabelledModel):
         min_concentration, likelihood, architecture, hidden = (c.min_concentration, c.likelihood, c.architecture,
                                                                c.hidden)
         min_scale = c.min_scale
-        if class_objective not in ("kl", "surrogate"):
-            raise ValueError(f"class_objective must be 'kl' or 'surrogate', got {class_objective!r}")
+        # class_objective, num_classes, class_dim, shared_dim, alpha_p, alpha_q, beta_c, class_weight: checked by
+        # validate_config (GroupModel.__init__); here only the checks that relate options to each other
         if semi_supervised and class_objective != "kl":
             raise ValueError("semi-supervised training needs class_objective='kl' (the surrogate of eq. 6 has no "
                              "term for unlabelled images)")
-        if num_classes < 2 or class_dim < 1 or shared_dim < 0:
-            raise ValueError("need num_classes >= 2, class_dim >= 1, shared_dim >= 0")
-        if alpha_p <= 0 or alpha_q <= 0 or beta_c < 0:
-            raise ValueError("alpha_p and alpha_q must be > 0 and beta_c >= 0")
         self.image_shape = image_shape
         self.num_classes, self.class_dim, self.shared_dim = num_classes, class_dim, shared_dim
         self.alpha_p, self.alpha_q, self.beta_c = float(alpha_p), float(alpha_q), float(beta_c)
@@ -294,8 +290,6 @@ class NVAE(LabelledModel):
         self.min_concentration = float(min_concentration)
         if not 0 <= self.min_concentration * num_classes < self.alpha_q:
             raise ValueError("need 0 <= min_concentration * num_classes < alpha_q")
-        if self.class_weight <= 0:
-            raise ValueError("class_weight must be > 0")
         self.bias, self.class_objective, self.semi_supervised = bool(bias), class_objective, semi_supervised
         self.decoder_in = num_classes * (class_dim + int(self.bias)) + shared_dim
         self.trunk, self.decoder = make_networks(architecture, image_shape, hidden, self.decoder_in)

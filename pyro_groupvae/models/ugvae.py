@@ -194,11 +194,7 @@ class UGVAE(GroupModel):
         likelihood, architecture, hidden, objective = c.likelihood, c.architecture, c.hidden, c.objective
         cluster_hidden, global_hidden, min_scale, max_abs_log_var = (c.cluster_hidden, c.global_hidden,
                                                                      c.min_scale, c.max_abs_log_var)
-        if objective not in ("paper", "marginal"):
-            raise ValueError(f"objective must be 'paper' or 'marginal', got {objective!r}")
-        for arg, v in [("num_clusters", num_clusters), ("local_dim", local_dim), ("global_dim", global_dim)]:
-            if int(v) < 1:
-                raise ValueError(f"{arg} must be >= 1, got {v}")
+        # objective, num_clusters, local_dim, global_dim: checked by validate_config (GroupModel.__init__)
         self.image_shape = image_shape
         self.K, self.local_dim, self.global_dim = int(num_clusters), int(local_dim), int(global_dim)
         self.objective = objective
