@@ -311,8 +311,13 @@ def validate_config(config, model_name=None):
     return config
 
 
-def validate_options(options, skip=()):
-    """Command-line options (``vars(args)``) against :data:`OPTION_RULES`; unknown names are ignored."""
+def validate_options(options, skip=(), required=()):
+    """Command-line options (``vars(args)``, or :func:`~pyro_groupvae.infer.fit`'s arguments) against
+    :data:`OPTION_RULES`; unknown names are ignored, and so is ``None`` (not given) unless the name is ``required``."""
+    for name in required:
+        if options.get(name) is None:
+            raise ConfigError(f"{name} is required ({OPTION_RULES[name][3]}): set {_flag(name)} on the command line "
+                              f"or {name}= in Python")
     for name, value in options.items():
         if name not in skip:
             _check_option(name, value, "")

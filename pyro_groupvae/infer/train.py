@@ -14,7 +14,6 @@ import csv
 import io
 import json
 import logging
-import math
 import os
 import random
 import signal
@@ -26,7 +25,7 @@ import pyro
 import torch
 
 from ..errors import CheckpointError, ConfigError, InputError, RunFolderError, TrainingError
-from ..validation import check_run_dir, resolve_device
+from ..validation import check_run_dir, resolve_device, validate_options
 
 CHECKPOINT = "checkpoint.pt"
 BEST = "best.pt"
@@ -177,12 +176,6 @@ _PRECISIONS = {None: "32-true", 32: "32-true", "32": "32-true", "32-true": "32-t
                "bf16": "bf16-mixed"}
 
 
-def _check_positive_epochs(epochs):
-    if isinstance(epochs, bool) or not isinstance(epochs, (int, np.integer)) or epochs < 1:
-        raise ConfigError(f"epochs must be a positive integer (the total number of epochs), got {epochs!r}")
-    return int(epochs)
-
-
 def _check_sampler(sampler, data, what):
     n = getattr(sampler, "num_rows", None)
     if n is not None and n != len(data):
@@ -290,16 +283,14 @@ def fit(model, data, sampler, epochs=None, elbo=None, lr=None, device=None, seed
         epochs = max_epochs
     elif max_epochs is not None and max_epochs != epochs:
         raise ConfigError(f"epochs={epochs} and max_epochs={max_epochs} disagree: give one")
-    epochs = _check_positive_epochs(epochs)
+    # epochs >= 1, num_workers >= 0, num_nodes >= 1 (integers), devices >= 1: the command line's checks
+    validate_options(dict(epochs=epochs, num_workers=num_workers, num_nodes=num_nodes, devices=devices),
+                     required=("epochs", "num_workers", "num_nodes"))
+    epochs, num_workers, num_nodes = int(epochs), int(num_workers), int(num_nodes)
     if precision not in _PRECISIONS:
         raise ConfigError(f"precision={precision!r} is not supported: use '32-true' or 'bf16-mixed' (float16 "
                          "under- and overflows in the likelihoods' log-densities; 64-bit is not tested)")
     precision = _PRECISIONS[precision]
-    for name, value, low in (("num_workers", num_workers, 0), ("num_nodes", num_nodes, 1)):
-        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
-            raise ConfigError(f"{name} must be an integer >= {low}, got {value!r}")
-    if isinstance(devices, int) and not isinstance(devices, bool) and devices < 1:
-        raise ConfigError(f"devices must be >= 1 (or a list of device ids, or 'auto'), got {devices}")
     data = as_dataset(data)
     _check_sampler(sampler, data, "training")
     if val_data is not None and val_sampler is None:
@@ -337,8 +328,7 @@ def fit(model, data, sampler, epochs=None, elbo=None, lr=None, device=None, seed
                 (out / f).exists() for f in RUN_FILES):
             raise RunFolderError(f"{out} already holds a run: resume it (resume=True / --resume) or replace it "
                              "(overwrite=True / --overwrite), or choose another folder")
-    if not (isinstance(lr, float) and math.isfinite(lr) and lr > 0):
-        raise ConfigError(f"lr must be a positive number, got {lr!r}")
+    validate_options({"lr": lr})
 
     if not _is_lazy(data):
         model.check_dataset(data)
