@@ -137,8 +137,9 @@ def build_parser():
 
 def main(argv=None):
     """Run the command line; returns the exit code: 0 done, 2 error (one line ``pyro-groupvae: error: ...`` on
-    stderr; ``--debug`` anywhere on the line, or ``PYRO_GROUPVAE_DEBUG=1``, also prints the traceback), 1
-    interrupted (Ctrl-C; says where the last checkpoint is and how to resume)."""
+    stderr; ``--debug`` anywhere on the line, or ``PYRO_GROUPVAE_DEBUG=1``, also prints the traceback), 130
+    interrupted (Ctrl-C, a ``KeyboardInterrupt``, which :func:`~pyro_groupvae.infer.fit` also raises for Lightning's
+    interrupted training; one line says where the last checkpoint is and how to resume)."""
     from .clierrors import check_args, pop_debug, report_error, report_interrupt
 
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -175,10 +176,6 @@ def main(argv=None):
                           overwrite=args.overwrite)
             print(f"demo report: {report}")
     except KeyboardInterrupt:
-        return report_interrupt(args, debug)
-    except SystemExit as e:  # Lightning turns Ctrl-C during training into sys.exit(1)
-        if args is None or e.code != 1:
-            raise
         return report_interrupt(args, debug)
     except Exception as e:  # every failure is one line naming the problem and what to do (trace with --debug)
         return report_error(e, debug, args)

@@ -1,5 +1,5 @@
 """How the command line reports failures: one line ``pyro-groupvae: error: <problem and what to do>`` on stderr,
-exit code 2 (1 when interrupted), the Python traceback only with ``--debug``.
+exit code 2 (130 when interrupted, as a shell reports Ctrl-C), the Python traceback only with ``--debug``.
 
 Errors of the library (:mod:`pyro_groupvae.errors`) carry their message; the few built-in exceptions a run can
 still meet (a file in the way of the run folder, a permission problem, Ctrl-C, an unexpected internal error) get a
@@ -8,7 +8,6 @@ message here. Options are checked up front (:func:`check_args`) so that nonsense
 from __future__ import annotations
 
 import os
-import signal
 import sys
 import traceback
 from pathlib import Path
@@ -16,7 +15,7 @@ from pathlib import Path
 from .errors import PyroGroupVAEError, one_line
 
 PROG = "pyro-groupvae"
-EXIT_ERROR, EXIT_INTERRUPTED = 2, 1
+EXIT_ERROR, EXIT_INTERRUPTED = 2, 130
 _NOT_OPTIONS = ("command", "model", "out", "run_dir", "device", "seed", "resume", "no_progress", "dataset",
                 "data_root", "baseline", "quick", "debug")
 
@@ -34,8 +33,10 @@ def pop_debug(argv):
 
 def check_args(args):
     """Up-front checks of parsed options: numbers (``--hidden 0``, ``--epochs -3``, ``--min-scale -1``, ...), the
-    device (``--device gpu``, ``cuda`` without CUDA) and the run folder (a regular file in the way)."""
-    from .validation import check_run_dir, read_json_config, resolve_device, validate_options
+    device (``--device gpu``, ``cuda`` without CUDA) and the run folder (a regular file in the way). A run folder's
+    ``config.json`` is read (and checked, :func:`~pyro_groupvae.validation.read_json_config`) once, first thing, by
+    :func:`~pyro_groupvae.runs.train_run` (``--resume``) and :func:`~pyro_groupvae.runs.load_run` (``evaluate``)."""
+    from .validation import check_run_dir, resolve_device, validate_options
 
     opts = {k: v for k, v in vars(args).items() if k not in _NOT_OPTIONS}
     validate_options(opts)
@@ -43,14 +44,6 @@ def check_args(args):
         resolve_device(args.device)
     if args.command in ("train", "demo") and getattr(args, "out", None):
         check_run_dir(args.out)
-    # a run folder's config.json must be readable before anything is resumed or evaluated from it
-    run_dir = args.out if args.command == "train" and getattr(args, "resume", False) else \
-        getattr(args, "run_dir", None) if args.command == "evaluate" else None
-    if run_dir is not None and Path(run_dir).is_dir():
-        from .infer.train import CONFIG
-
-        if (Path(run_dir) / CONFIG).exists():
-            read_json_config(Path(run_dir) / CONFIG, required=("model",))
 
 
 def _message(e):
@@ -115,14 +108,11 @@ def _epochs_done(out):
 
 
 def report_interrupt(args=None, debug=False, file=None):
-    """Ctrl-C: say where the last checkpoint is and how to resume; returns the exit code 1."""
+    """Ctrl-C (a ``KeyboardInterrupt``; :func:`~pyro_groupvae.infer.fit` has already given SIGINT its handler back):
+    one line saying where the last checkpoint is and how to resume; returns the exit code 130."""
     file = file or sys.stderr
     if debug:
         traceback.print_exc(file=file)
-    try:  # Lightning ignores SIGINT after a Ctrl-C; give the process its default handler back
-        signal.signal(signal.SIGINT, signal.default_int_handler)
-    except ValueError:  # pragma: no cover - not the main thread
-        pass
     command = getattr(args, "command", None)
     if command == "train":
         ckpt = _last_checkpoint(args.out)

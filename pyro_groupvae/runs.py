@@ -117,15 +117,17 @@ def train_run(model_name, out, dataset=None, epochs=10, device="cpu", seed=None,
     :returns: ``(model, history)``.
     """
     from .errors import ConfigError
+    from .validation import read_json_config
 
     recipe = get_recipe(model_name)
     out = Path(out)
     engine = {k: v for k, v in (engine or {}).items() if v is not None}
+    cfg = None
     if resume:
-        cfg = json.loads((out / CONFIG).read_text()) if (out / CONFIG).exists() else None
-        if cfg is None:
+        if not (out / CONFIG).exists():
             raise CheckpointError(f"cannot resume: no {CONFIG} in {out} (no epoch finished there); start the run "
                                   "without --resume")
+        cfg = read_json_config(out / CONFIG, required=("model",))  # the one read; fit gets it as run_config
         given = set(opts) | {"dataset", "seed"} if given is None else set(given)
         asked = {"dataset": dataset, "seed": seed, **opts}
         saved = {"dataset": cfg.get("dataset"), "seed": cfg.get("seed"), **cfg.get("options", {})}
@@ -151,7 +153,7 @@ def train_run(model_name, out, dataset=None, epochs=10, device="cpu", seed=None,
     history = fit(model, train, parts["sampler"], epochs, elbo=parts.get("elbo"), lr=lr, device=device, seed=seed,
                   out_dir=out, val_data=val if parts.get("val_sampler") is not None else None,
                   val_sampler=parts.get("val_sampler"), resume=resume, progress=progress, overwrite=overwrite,
-                  config={"recipe": model_name, "dataset": dataset, "options": opts}, **engine)
+                  config={"recipe": model_name, "dataset": dataset, "options": opts}, run_config=cfg, **engine)
     return model, history
 
 

@@ -328,14 +328,14 @@ def test_ctrl_c_says_where_the_checkpoint_is_and_how_to_resume(tmp_path, capsys,
     monkeypatch.setattr(MLVAE, "guide", interrupted_guide)
     code = main(["train", "mlvae", "--out", str(out), "--resume", "--epochs", "3", "--no-progress"])
     err = capsys.readouterr().err
-    assert code == 1 and "Traceback" not in err
+    assert code == 130 and "Traceback" not in err
     line = [ln for ln in err.splitlines() if ln.startswith("pyro-groupvae")][-1]
     assert "interrupted" in line and str(out) in line and "--resume" in line and "checkpoint" in line
     # interrupted before any checkpoint: says there is nothing to resume
     calls["n"] = 0
     code = main(MLVAE_TINY + ["--out", str(tmp_path / "fresh")])
     err = capsys.readouterr().err
-    assert code == 1 and "nothing to resume" in err
+    assert code == 130 and "nothing to resume" in err
 
 
 def test_batch_of_one_image_under_batchnorm_is_a_clear_error():

@@ -25,7 +25,7 @@ import pyro
 import torch
 
 from ..errors import CheckpointError, ConfigError, InputError, RunFolderError, TrainingError
-from ..validation import check_run_dir, resolve_device, validate_options
+from ..validation import check_run_dir, read_json_config, resolve_device, validate_options
 
 CHECKPOINT = "checkpoint.pt"
 BEST = "best.pt"
@@ -228,7 +228,7 @@ def fit(model, data, sampler, epochs=None, elbo=None, lr=None, device=None, seed
         val_sampler=None, resume=False, progress=True, config=None, clip_norm=None, validate_each_step=False,
         overwrite=False, accelerator=None, devices=None, strategy="auto", num_nodes=1, precision=None,
         logger=None, callbacks=None, max_epochs=None, num_workers=0, early_stopping=None, lr_scheduler=None,
-        jit=False, **trainer_kwargs):
+        jit=False, run_config=None, **trainer_kwargs):
     """Train ``model`` (a :class:`~pyro_groupvae.models.base.GroupModel`) on PyTorch Lightning with
     :class:`~pyro_groupvae.infer.lightning.PyroTrainingPlan`.
 
@@ -253,6 +253,9 @@ def fit(model, data, sampler, epochs=None, elbo=None, lr=None, device=None, seed
     :param bool overwrite: train into an ``out_dir`` that already holds a run, replacing it (without it, that is
         an error); the old files are replaced when the first checkpoint is written.
     :param dict config: extra information written to ``config.json`` (e.g. dataset name).
+    :param dict run_config: with ``resume``, the run's ``config.json`` when the caller has read it already
+        (:func:`~pyro_groupvae.runs.train_run` does); default: read from ``out_dir``. It is kept, with the new
+        ``epochs`` and ``lr``.
     :param float clip_norm: optional gradient-norm clipping over all parameters.
     :param bool validate_each_step: keep the per-step input checks and Pyro's distribution validation. By
         default in-memory datasets are validated once before training and the steps run without checks (they
@@ -273,6 +276,8 @@ def fit(model, data, sampler, epochs=None, elbo=None, lr=None, device=None, seed
         same loss, same random draws (docs/benchmarks.md has the speed). Validation uses the plain ``elbo``.
     :param trainer_kwargs: any other ``pytorch_lightning.Trainer`` argument.
     :returns: the history, a list of dicts (epoch, train_elbo, val_elbo, seconds).
+    :raises KeyboardInterrupt: on Ctrl-C (Lightning's ``sys.exit(1)`` turned back into it, with a message saying
+        where the last checkpoint is; Python's SIGINT handler is restored).
     """
     import pytorch_lightning as pl
 
@@ -360,8 +365,9 @@ def fit(model, data, sampler, epochs=None, elbo=None, lr=None, device=None, seed
                "dataset": getattr(data, "name", None) or None,  # lets `evaluate` find the test split
                **(config or {})}
         if resume:
-            old = json.loads((out / CONFIG).read_text()) if (out / CONFIG).exists() else {}
-            cfg = {**old, "epochs": epochs, "lr": lr}
+            if run_config is None and (out / CONFIG).exists():
+                run_config = read_json_config(out / CONFIG)
+            cfg = {**(run_config or {}), "epochs": epochs, "lr": lr}
 
         def remove_stale():
             for f in STALE_FILES:
@@ -397,9 +403,10 @@ def fit(model, data, sampler, epochs=None, elbo=None, lr=None, device=None, seed
                                   "(--strategy ddp_find_unused_parameters_true)") from e
             raise
         except SystemExit:
-            if trainer.interrupted:  # Lightning turns Ctrl-C into sys.exit(1) and ignores SIGINT
+            if trainer.interrupted:  # Lightning turns Ctrl-C into sys.exit(1) and ignores SIGINT from then on
                 signal.signal(signal.SIGINT, signal.default_int_handler)
-                raise KeyboardInterrupt(f"training interrupted; the last checkpoint is in {out}") from None
+                where = f"the last checkpoint is in {out}" if out is not None else "nothing was saved (no out_dir)"
+                raise KeyboardInterrupt(f"training interrupted; {where}") from None
             raise
     history = plan.history
     if not history and out is not None and (out / CHECKPOINT).exists():  # ddp_spawn: rank 0 trained elsewhere
