@@ -231,8 +231,9 @@ class PyroTrainingPlan(pl.LightningModule):
 
     def on_fit_start(self):
         self._stack = contextlib.ExitStack()
-        if not self.jit:  # a JIT trace finds the parameters through the model's own pyro.module calls
-            self._stack.enter_context(_registered_once(self.model))
+        once = getattr(self.model, "registered_once", None)  # GroupModel.registered_once
+        if once is not None and not self.jit:  # a JIT trace finds the parameters through the model's pyro.module
+            self._stack.enter_context(once())
         if self.trusted:
             self._stack.enter_context(self.model.trusted_inputs())
             self._stack.enter_context(pyro.validation_enabled(False))
@@ -351,24 +352,6 @@ class PyroTrainingPlan(pl.LightningModule):
             set_plain_rng_state(states[rank])
         else:
             set_plain_rng_state(checkpoint["rng_state"])
-
-
-@contextlib.contextmanager
-def _registered_once(model):
-    """Register the model's parameters in the param store once (``model.register()``, Pyro's naming scheme),
-    then skip the per-call ``pyro.module`` in ``model``/``guide`` while training: the optimiser holds the module's
-    own parameters, which are the store's tensors, so re-registering them every step (30 ``pyro.param`` calls
-    for ML-VAE, about 5% of a step) changes nothing."""
-    register = getattr(model, "register", None)
-    if register is None:
-        yield
-        return
-    register()
-    model.__dict__["register"] = lambda *parts: None
-    try:
-        yield
-    finally:
-        model.__dict__.pop("register", None)
 
 
 class RunFolderCheckpoint(pl.callbacks.Checkpoint):
