@@ -37,7 +37,7 @@ def _rss_mb():
 
 
 def old_log_batch_marginals(groups, dataset_size, max_chunk_elements=2 ** 22, chunk_rows=None, use_checkpoint=None,
-                            compile=False):
+                            compile=False, fused=False):
     """The estimator before the matrix-product rewrite (kept here, not in the package, for the before/after
     comparison): every ``log q_{b'}(z_b)`` by the distribution's pairwise ``log_prob``, then three log-sum-exps."""
     from torch.utils.checkpoint import checkpoint
@@ -75,14 +75,15 @@ def old_log_batch_marginals(groups, dataset_size, max_chunk_elements=2 ** 22, ch
 
 
 def step_times(arch, batch, reps, compiled=False):
-    """Median seconds of forward + backward of the loss, three variants interleaved step by step: Trace_ELBO, the
-    HFVAE_ELBO of the package, and the same HFVAE_ELBO with the old estimator; plus the losses on one seed."""
+    """Median seconds of forward + backward of the loss, variants interleaved step by step: Trace_ELBO, the
+    HFVAE_ELBO of the package (fused kernels where they build), the same with its tensor code (``fused=False``),
+    and with the old estimator; plus the losses on one seed."""
     from unittest import mock
 
     import pyro
     from pyro.infer import Trace_ELBO
 
-    from pyro_groupvae.infer import HFVAE_ELBO, hfvae_elbo
+    from pyro_groupvae.infer import HFVAE_ELBO, fused, hfvae_elbo
     from pyro_groupvae.models.hfvae import HFVAE
 
     shape, k = ((1, 64, 64), 3) if arch == "dsprites" else ((1, 28, 28), 10)
@@ -101,6 +102,7 @@ def step_times(arch, batch, reps, compiled=False):
         return f
 
     variants = {"Trace_ELBO": run(Trace_ELBO(), new), "HFVAE_ELBO": run(HFVAE_ELBO(1, 4, 3, 1), new),
+                "HFVAE_ELBO_tensor": run(HFVAE_ELBO(1, 4, 3, 1, fused=False), new),
                 "HFVAE_ELBO_old": run(HFVAE_ELBO(1, 4, 3, 1), old_log_batch_marginals)}
     if compiled:
         variants["HFVAE_ELBO_compiled"] = run(HFVAE_ELBO(1, 4, 3, 1, compile=True), new)
@@ -120,10 +122,14 @@ def step_times(arch, batch, reps, compiled=False):
                 if i >= 2:  # the first calls warm up
                     times[name].append(time.perf_counter() - t0)
     out = {name: statistics.median(t) for name, t in times.items()}
+    out["fused_kernels"] = fused.library() is not None
     out["ratio_hfvae_over_trace"] = out["HFVAE_ELBO"] / out["Trace_ELBO"]
+    out["ratio_tensor_over_trace"] = out["HFVAE_ELBO_tensor"] / out["Trace_ELBO"]
+    out["speedup_fused_over_tensor"] = out["HFVAE_ELBO_tensor"] / out["HFVAE_ELBO"]
     out["ratio_old_over_trace"] = out["HFVAE_ELBO_old"] / out["Trace_ELBO"]
     out["speedup_new_over_old"] = out["HFVAE_ELBO_old"] / out["HFVAE_ELBO"]
     out["loss_new"], out["loss_old"] = losses["HFVAE_ELBO"], losses["HFVAE_ELBO_old"]
+    out["loss_tensor"] = losses["HFVAE_ELBO_tensor"]
     if compiled:
         out["ratio_compiled_over_trace"] = out["HFVAE_ELBO_compiled"] / out["Trace_ELBO"]
         out["loss_compiled"] = losses["HFVAE_ELBO_compiled"]

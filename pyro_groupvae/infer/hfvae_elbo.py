@@ -79,8 +79,11 @@ eq. B.5) written out pairwise; writing its log-sum-exp over classes as a product
 rejected, because encoder logits and samples peak at different classes and the factorised exponentials underflow
 (wrong by tens of nats at logit spreads of a few hundred, even in float64). Other distributions use their own
 pairwise ``log_prob``. Exponentials are taken as ``exp2(x log2 e)`` (faster than ``torch.exp`` on the CPU
-build we measured). ``compile=True`` runs the ``B x B`` kernels through ``torch.compile`` (off by default: the
-first step compiles). Numbers: docs/benchmarks.md.
+build we measured). On the CPU both ``B x B x E`` pieces (the per-dimension Normal log-sum-exp and the
+Concrete log-sum-exp over classes) run by default as fused C++ loops (:mod:`pyro_groupvae.infer.fused`, built at
+first use; same values, nothing ``B x B x E`` stored), else as the tensor code above. ``compile=True`` runs the
+``B x B`` kernels through ``torch.compile`` instead (off by default: the first step compiles). Numbers:
+docs/benchmarks.md.
 
 Reparameterised sites only (Normal, Concrete, or any other with ``rsample``); ``num_particles`` particles are
 drawn one after another or, with ``vectorize_particles=True``, in one vectorised pass (each particle gets its
@@ -101,6 +104,7 @@ from torch.distributions.relaxed_categorical import ExpRelaxedCategorical
 from torch.utils.checkpoint import checkpoint
 
 from ..validation import InputError
+from . import fused as _fused
 
 __all__ = ["HFVAE_ELBO", "PRESETS", "preset_weights", "LatentGroup", "log_batch_marginals", "stratified_log_weights"]
 
@@ -238,15 +242,21 @@ def _normal_lse_direct(z, mu, h, a, log_w):
     return torch.logsumexp(a.unsqueeze(-2) + h.unsqueeze(-2) * d * d + log_w, -1)
 
 
-def _concrete_pairwise(v, logits, tau, log_w, fast=True):
+def _concrete_pairwise(v, logits, tau, log_w, fast=True, fused=False):
     """Direct pairwise ExpConcrete log densities (Maddison et al. eq. B.5, as ``ExpRelaxedCategorical.log_prob``)
     of rows ``v (P, c, V, K)`` under ``logits (P, B, V, K)`` (normalised), and their log-sum-exp with ``log_w``:
-    ``(group (P, c, B) float64, per-variable log marginals (P, c, V))``."""
+    ``(group (P, c, B) float64, per-variable log marginals (P, c, V))``. ``fused``: the log-sum-exp over classes
+    by :class:`~pyro_groupvae.infer.fused.ConcreteLSE` (no ``(P, c, B, V, K)`` tensor)."""
     K = logits.shape[-1]
-    score = logits.unsqueeze(1) - tau * v.unsqueeze(2)                        # (P, c, B, V, K)
     lse = logsumexp if fast else torch.logsumexp  # torch's for torch.compile
-    lp = (score.sum(-1) - K * lse(score, -1)
-          + (torch.lgamma(torch.full_like(tau, float(K))) + (K - 1) * torch.log(tau)))  # (P, c, B, V)
+    const = torch.lgamma(torch.full_like(tau, float(K))) + (K - 1) * torch.log(tau)
+    if fused:
+        lse_k = _fused.ConcreteLSE.apply(v, logits.permute(0, 2, 3, 1), tau).permute(0, 1, 3, 2)  # (P, c, B, V)
+        ssum = logits.sum(-1).unsqueeze(1) - tau * v.sum(-1).unsqueeze(2)                         # sum_k score
+        lp = ssum - K * lse_k + const
+    else:
+        score = logits.unsqueeze(1) - tau * v.unsqueeze(2)                        # (P, c, B, V, K)
+        lp = score.sum(-1) - K * lse(score, -1) + const                           # (P, c, B, V)
     return lp.sum(-1).double(), lse(lp + log_w.unsqueeze(-1), -2)
 
 
@@ -338,7 +348,7 @@ class _Prepared:
 
 
 def log_batch_marginals(groups: List[LatentGroup], dataset_size, max_chunk_elements=2 ** 22, chunk_rows=None,
-                        use_checkpoint=None, compile=False):
+                        use_checkpoint=None, compile=False, fused=True):
     r"""Batch estimates (eq. 13) of :math:`\log q(z^{(b)})`, :math:`\log q(z_d^{(b)})` and
     :math:`\log q(z_{d,e}^{(b)})` for every batch member ``b``.
 
@@ -354,6 +364,8 @@ def log_batch_marginals(groups: List[LatentGroup], dataset_size, max_chunk_eleme
         there is more than one chunk.
     :param bool compile: compute the per-dimension Normal and the Concrete pairwise terms with ``torch.compile``d
         kernels (the first call compiles, which takes minutes on a small CPU; off by default).
+    :param bool fused: compute them with the fused C++ kernels of :mod:`pyro_groupvae.infer.fused` where they are
+        available (CPU tensors, a C++ compiler; same values, no ``B x B x E`` tensor); ignored with ``compile``.
     :returns: ``(joint (*lead, B), groups (*lead, B, D), subvariables (*lead, B, E))``.
     """
     g0 = groups[0]
@@ -370,6 +382,7 @@ def log_batch_marginals(groups: List[LatentGroup], dataset_size, max_chunk_eleme
     dw = diag - off if math.isfinite(off) else 0.0
 
     prepared = [_Prepared(g, off if math.isfinite(off) else 0.0) for g in groups]
+    fused = bool(fused) and not compile and _fused.available(g0.value)
 
     def chunk(start, stop):
         rows = torch.arange(start, stop, device=device)
@@ -380,7 +393,7 @@ def log_batch_marginals(groups: List[LatentGroup], dataset_size, max_chunk_eleme
                 if compile:
                     grp, sub = _compiled(_concrete_pairwise)(p.v[:, start:stop], p.logits, p.tau, log_w, False)
                 else:
-                    grp, sub = _concrete_pairwise(p.v[:, start:stop], p.logits, p.tau, log_w)
+                    grp, sub = _concrete_pairwise(p.v[:, start:stop], p.logits, p.tau, log_w, fused=fused)
                 grps.append(grp)
                 subs.append(sub.to(dtype))
                 continue
@@ -389,16 +402,17 @@ def log_batch_marginals(groups: List[LatentGroup], dataset_size, max_chunk_eleme
                 if compile:
                     sub = _compiled(_normal_lse_direct)(p.zt[:, start:stop], p.mut, p.ht, p.at_raw, log_w)
                 elif math.isfinite(off):
-                    sub = _NormalLSE.apply(p.zt[:, start:stop], p.mut, p.ht, p.at, dw, start)
+                    lse = _fused.NormalLSE if fused else _NormalLSE
+                    sub = lse.apply(p.zt[:, start:stop], p.mut, p.ht, p.at, dw, start)
                 else:  # B = 1: only the deterministic stratum
                     sub = (p.at + p.ht * (p.zt - p.mut) ** 2)[:, start:stop] + diag
                 sub = sub.reshape(p.P, p.g.num_sub, stop - start).transpose(-2, -1)
             grps.append(grp)
             subs.append(sub)
-        grp = torch.stack(grps, -1)                                   # (P, c, B, D) float64
+        grp = torch.stack(grps, 1)               # (P, D, c, B) float64: the reductions run over the last dim
         lw = log_w.double()
-        out_grp = logsumexp(grp + lw.unsqueeze(-1), -2).to(dtype)
-        out_joint = logsumexp(grp.sum(-1) + lw, -1).to(dtype)
+        out_grp = logsumexp(grp + lw, -1).transpose(-2, -1).to(dtype)
+        out_joint = logsumexp(grp.sum(1) + lw, -1).to(dtype)
         return torch.cat([out_joint.unsqueeze(-1), out_grp] + subs, -1)
 
     outs = []
@@ -443,6 +457,8 @@ class HFVAE_ELBO(Trace_ELBO):
         ELBOs) instead of one after another.
     :param bool compile: ``torch.compile`` the ``B x B`` kernels of the estimator (off by default: the first step
         compiles for minutes on a small CPU; see docs/benchmarks.md for what it gains).
+    :param bool fused: use the fused C++ kernels of :mod:`pyro_groupvae.infer.fused` on the CPU where they can be
+        built (default; same values as the tensor code; ``False`` or ``PYRO_GROUPVAE_FUSED=0`` turns them off).
 
     ``loss``/``loss_and_grads``/``differentiable_loss`` return minus the weighted objective summed over the
     batch (as ``Trace_ELBO`` does, scaled by the sites' ``poutine.scale``/subsampling); :meth:`decomposition`
@@ -451,7 +467,7 @@ class HFVAE_ELBO(Trace_ELBO):
 
     def __init__(self, alpha=1.0, beta=1.0, gamma=1.0, delta=1.0, dataset_size=None, plate_name=None,
                  max_chunk_elements=2 ** 22, chunk_rows=None, num_particles=1, max_plate_nesting=float("inf"),
-                 vectorize_particles=False, retain_graph=None, compile=False):
+                 vectorize_particles=False, retain_graph=None, compile=False, fused=True):
         super().__init__(num_particles=num_particles, max_plate_nesting=max_plate_nesting,
                          vectorize_particles=vectorize_particles, retain_graph=retain_graph)
         for name, v in [("alpha", alpha), ("beta", beta), ("gamma", gamma), ("delta", delta)]:
@@ -463,6 +479,7 @@ class HFVAE_ELBO(Trace_ELBO):
         self.max_chunk_elements = max_chunk_elements
         self.chunk_rows = chunk_rows
         self.compile = bool(compile)
+        self.fused = bool(fused)
 
     @classmethod
     def from_preset(cls, name, beta=4.0, gamma=3.0, **kw):
@@ -555,7 +572,7 @@ class HFVAE_ELBO(Trace_ELBO):
             return torch.stack([s.sum(-1) for s in sub.split(sizes, -1)], -1)
 
         lqh, lqh_grp, lqh_sub = log_batch_marginals(groups, N, self.max_chunk_elements, self.chunk_rows,
-                                                    compile=self.compile)
+                                                    compile=self.compile, fused=self.fused)
         lq = lq_sub.sum(-1)
         t["batch_shape"] = tuple(bshape)
         t.update(
