@@ -15,7 +15,9 @@ def amortized_elbo(model, x, group_ids=None, num_particles=10):
     :returns: ``(elbo_per_observation, seconds)``.
     """
     gi, g = group_index_from_ids(group_ids, x.shape[0], x.device)
-    elbo = pyro.infer.Trace_ELBO(num_particles=num_particles, vectorize_particles=True)
+    # the model's plate nesting, given, so that Pyro does not guess it (and log "Guessed max_plate_nesting")
+    elbo = pyro.infer.Trace_ELBO(num_particles=num_particles, vectorize_particles=True,
+                                 max_plate_nesting=getattr(model, "max_plate_nesting", float("inf")))
     t0 = time.perf_counter()
     with model.eval_mode(), torch.no_grad():
         loss = elbo.loss(model.model, model.guide, x, gi, g)

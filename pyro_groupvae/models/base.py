@@ -149,6 +149,10 @@ class GroupModel(nn.Module):
     needs_labels = False
     #: ``"amortized"`` (an encoder gives the posterior) or ``"svi"`` (free per-observation posterior parameters)
     guide_type = "amortized"
+    #: how many nested plates ``model``/``guide`` use (groups and observations at ``dim=-1``: 1; UG-VAE's grid: 2):
+    #: the ``max_plate_nesting`` of its ELBOs (Pyro need not guess it) and of ``infer_discrete`` (enumeration to its
+    #: left)
+    max_plate_nesting = 1
 
     def __init__(self, *args, **kwargs):
         super().__init__()

@@ -301,7 +301,7 @@ class NVAE(LabelledModel):
         """``TraceMeanField_ELBO`` (analytic KLs, eq. 3); ``TraceEnum_ELBO`` when semi-supervised (latent labels
         are enumerated in the guide)."""
         if self.semi_supervised:
-            return pyro.infer.TraceEnum_ELBO(max_plate_nesting=1)
+            return pyro.infer.TraceEnum_ELBO(max_plate_nesting=self.max_plate_nesting)
         return TraceMeanField_ELBO()
 
     # ------------------------------------------------------------------ pieces

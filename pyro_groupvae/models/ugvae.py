@@ -186,6 +186,7 @@ class UGVAE(GroupModel):
     Config = UGVAEConfig
     latent_sites = ("beta", "z")
     group_site = "beta"
+    max_plate_nesting = 2  # the (groups, observations) grid
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
@@ -211,7 +212,7 @@ class UGVAE(GroupModel):
         self.global_head = GaussianHead(global_hidden, global_dim, m)  # eq. 8
 
     def default_elbo(self):
-        return TraceEnum_ELBO(max_plate_nesting=2)
+        return TraceEnum_ELBO(max_plate_nesting=self.max_plate_nesting)
 
     # ------------------------------------------------------------------ layout
     def _grid(self, x, group_index, num_groups):
@@ -445,7 +446,7 @@ class UGVAE(GroupModel):
                 tr = poutine.trace(poutine.block(self.guide, hide=["d"])).get_trace(x, group_index, num_groups)
                 data = {"z": tr.nodes["z"]["value"], "beta": tr.nodes["beta"]["value"]}
             model = infer_discrete(config_enumerate(poutine.condition(self.model, data=data), "parallel"),
-                                   first_available_dim=-3, temperature=temperature)
+                                   first_available_dim=-1 - self.max_plate_nesting, temperature=temperature)
             with poutine.block():
                 tr = poutine.trace(model).get_trace(x, group_index, num_groups)
         d = tr.nodes["d"]["value"].reshape(-1)
