@@ -34,6 +34,7 @@ from pyro.poutine.messenger import Messenger
 from pyro.poutine.subsample_messenger import _Subsample
 
 from ..errors import ConfigError
+from .optim import adam
 from ..validation import check_finite_loss
 
 __all__ = ["PyroTrainingPlan", "DataParallelScale", "group_loader", "RunFolderCheckpoint", "ElboProgressBar"]
@@ -122,8 +123,8 @@ class PyroTrainingPlan(pl.LightningModule):
         :func:`~pyro_groupvae.data.base.as_dataset`-like).
     :param sampler: group batch sampler over ``data`` (yields ``GroupBatch``).
     :param elbo: a Pyro ELBO; default ``model.default_elbo()``.
-    :param float lr: Adam learning rate; betas (0.9, 0.999), eps 1e-8, one multi-tensor Adam as
-        :class:`~pyro_groupvae.infer.optim.FusedAdam`.
+    :param float lr: Adam learning rate; betas (0.9, 0.999), eps 1e-8, one Adam over all parameters
+        (:func:`~pyro_groupvae.infer.optim.adam`: PyTorch's fused kernel where it has one).
     :param val_data: validation data, with ``val_sampler``.
     :param lr_scheduler: optional ``f(optimizer) -> scheduler`` (stepped per epoch; ``ReduceLROnPlateau`` is given
         ``-val_elbo``, or ``-train_elbo`` without validation).
@@ -203,7 +204,7 @@ class PyroTrainingPlan(pl.LightningModule):
 
     # ------------------------------------------------------------------ optimiser
     def configure_optimizers(self):
-        opt = torch.optim.Adam(self.model.parameters(), lr=self.lr, betas=(0.9, 0.999), eps=1e-8, foreach=True)
+        opt = adam(self.model.parameters(), lr=self.lr, betas=(0.9, 0.999), eps=1e-8)
         if self.lr_scheduler_fn is None:
             return opt
         return {"optimizer": opt, "lr_scheduler": {"scheduler": self.lr_scheduler_fn(opt), "interval": "epoch"}}

@@ -1,16 +1,31 @@
-"""A Pyro optimiser that steps all parameters with one multi-tensor ``torch.optim.Adam``.
+"""A Pyro optimiser that steps all parameters with one ``torch.optim.Adam``, and :func:`adam`, the Adam every
+trainer of the package builds.
 
 :class:`pyro.optim.PyroOptim` builds one PyTorch optimiser per parameter tensor and steps them one by one; for
 networks with a few dozen tensors that Python loop is a visible share of a training step. :class:`FusedAdam`
-keeps a single ``torch.optim.Adam(foreach=True)`` over every parameter SVI hands it (new parameters join as a
-new param group), with the same update rule, and saves/loads its state by parameter *name* so that checkpoints
-survive a restart.
+keeps a single Adam (:func:`adam`) over every parameter SVI hands it (new parameters join as a new param group),
+with the same update rule, and saves/loads its state by parameter *name* so that checkpoints survive a restart.
+
+:func:`adam` uses PyTorch's single-kernel ``fused=True`` implementation where PyTorch has one for the parameters
+(floating tensors on the CPU or CUDA), else ``foreach=True``. Same update rule; on the CPU the fused kernel is
+several times faster than the multi-tensor one, which makes about ten passes over every parameter-sized buffer
+(docs/benchmarks.md).
 """
 from __future__ import annotations
 
 import pyro
 import torch
 from pyro.optim import PyroOptim
+
+
+def adam(params, **kwargs):
+    """``torch.optim.Adam(params, fused=True, **kwargs)`` where PyTorch has a fused kernel for these parameters,
+    else ``torch.optim.Adam(params, foreach=True, **kwargs)``."""
+    params = list(params)
+    try:
+        return torch.optim.Adam(params, fused=True, **kwargs)
+    except (RuntimeError, ValueError):  # a device or dtype without a fused kernel
+        return torch.optim.Adam(params, foreach=True, **kwargs)
 
 
 class FusedAdam(PyroOptim):
@@ -36,7 +51,7 @@ class FusedAdam(PyroOptim):
         if params:
             params.sort(key=lambda p: self._names([p])[0] or "")
             if self._opt is None:
-                self._opt = torch.optim.Adam(params, foreach=True, **self.pt_optim_args)
+                self._opt = adam(params, **self.pt_optim_args)
             else:
                 self._opt.add_param_group({"params": params})
             self._seen.update(params)
@@ -65,8 +80,7 @@ class FusedAdam(PyroOptim):
             return  # wait until every saved parameter has been seen
         # rebuild the groups in the saved order, then load
         by_name = {n: p for g in self._opt.param_groups for p, n in zip(g["params"], self._names(g["params"]))}
-        self._opt = torch.optim.Adam([by_name[n] for n in self._pending_state["names"][0]], foreach=True,
-                                     **self.pt_optim_args)
+        self._opt = adam([by_name[n] for n in self._pending_state["names"][0]], **self.pt_optim_args)
         for group in self._pending_state["names"][1:]:
             self._opt.add_param_group({"params": [by_name[n] for n in group]})
         self._opt.load_state_dict(self._pending_state["state"])
