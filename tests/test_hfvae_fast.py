@@ -100,8 +100,8 @@ def test_matches_direct_formula_float32(spread, use_fused):
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_fused_kernels_match_tensor_code(dtype):
-    """The C++ kernels against the tensor code they replace, values and all gradients, one and two threads, every
-    row offset (the diagonal of eq. 13 moves with the chunk)."""
+    """The C++ kernels (Normal, group/joint and Concrete log-sum-exps) against the tensor code they replace, values
+    and all gradients, one and two threads, several row offsets (the diagonal of eq. 13 moves with the chunk)."""
     _need_kernels(True)
     g = torch.Generator().manual_seed(4)
     tol = dict(rtol=1e-12, atol=1e-12) if dtype == torch.float64 else dict(rtol=2e-5, atol=2e-5)
@@ -126,6 +126,16 @@ def test_fused_kernels_match_tensor_code(dtype):
                 for x, y in zip(torch.autograd.grad((got * w).sum(), (z, mu, h, a)),
                                 torch.autograd.grad((want * w).sum(), (z, mu, h, a))):
                     assert torch.allclose(x, y, **tol)
+            x = (20 * torch.randn(P, 3, c, B, generator=g, dtype=dtype)).requires_grad_()
+            for offset in (0, 2, B - c):
+                lw = torch.zeros(c, B, dtype=dtype)
+                lw[torch.arange(c), torch.arange(c) + offset] = -2.5
+                want = torch.cat([torch.logsumexp(x + lw, -1), torch.logsumexp(x.sum(1) + lw, -1).unsqueeze(1)], 1)
+                got = fused.GroupLSE.apply(x, -2.5, offset)
+                w = torch.randn(want.shape, generator=g, dtype=dtype)
+                assert torch.allclose(got, want, **tol)
+                assert torch.allclose(torch.autograd.grad((got * w).sum(), x)[0],
+                                      torch.autograd.grad((want * w).sum(), x)[0], **tol)
             want = torch.logsumexp(L.unsqueeze(1) - tau * v.unsqueeze(2), -1).permute(0, 1, 3, 2)
             got = fused.ConcreteLSE.apply(v, L.permute(0, 2, 3, 1), tau)
             w = torch.randn(want.shape, generator=g, dtype=dtype)

@@ -2,7 +2,7 @@
 
 The two ``B x B x E`` pieces of the estimator, the per-dimension Normal log-sum-exp (:class:`NormalLSE`, a drop-in
 for ``hfvae_elbo._NormalLSE``) and the log-sum-exp over classes of the pairwise Concrete density
-(:class:`ConcreteLSE`), are written as loops in C++ (``fused_kernels.cpp``) that form every entry in registers and
+(:class:`ConcreteLSE`), and the log-sum-exps of the ``B x B`` group tables (:class:`GroupLSE`) are written as loops in C++ (``fused_kernels.cpp``) that form every entry in registers and
 reduce it at once, forward and backward, so no ``B x B x E`` tensor is ever stored: the same numbers as the tensor
 code, several times faster on a CPU (docs/benchmarks.md).
 
@@ -27,7 +27,7 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["available", "NormalLSE", "ConcreteLSE", "library"]
+__all__ = ["available", "NormalLSE", "ConcreteLSE", "GroupLSE", "library"]
 
 _SOURCE = Path(__file__).with_name("fused_kernels.cpp")
 _FLAGS = ["-O3", "-march=native", "-ffast-math", "-fPIC", "-shared", "-std=c++17", "-pthread"]
@@ -89,6 +89,8 @@ def library():
                                                           + [cint])
         getattr(lib, f"concrete_lse_fwd_{suf}").argtypes = [i64] * 5 + [ptr, ptr, dbl, ptr, cint]
         getattr(lib, f"concrete_lse_bwd_{suf}").argtypes = [i64] * 5 + [ptr, ptr, dbl] + [ptr] * 5 + [cint]
+        getattr(lib, f"group_lse_fwd_{suf}").argtypes = [i64] * 4 + [ptr, dbl, i64, ptr, cint]
+        getattr(lib, f"group_lse_bwd_{suf}").argtypes = [i64] * 4 + [ptr, dbl, i64, ptr, ptr, ptr, cint]
     _STATE["lib"] = lib
     return lib
 
@@ -172,3 +174,30 @@ class ConcreteLSE(torch.autograd.Function):
                                          _p(gtau), torch.get_num_threads())
         tau = ctx.tau_like
         return gv, gLt, (gtau.to(tau.dtype).reshape(tau.shape) if ctx.needs_input_grad[2] else None)
+
+
+class GroupLSE(torch.autograd.Function):
+    r"""Group and joint marginals of eq. 13 from the pairwise group log densities ``x (P, D, c, B)`` (rows
+    ``offset .. offset + c`` of the batch): ``out[p, d, i] = log sum_j exp(x[p, d, i, j] + dw [j = i + offset])``
+    for ``d < D`` and, at ``d = D``, the same of ``sum_d x[p, d, i, j]`` (the joint). Returns ``(P, D + 1, c)``,
+    without the constant off-diagonal log weight (the caller adds it)."""
+
+    @staticmethod
+    def forward(ctx, x, dw, offset):
+        x = x.detach().contiguous()
+        P, D, c, B = x.shape
+        out = torch.empty(P, D + 1, c, dtype=x.dtype)
+        _fn("group_lse_fwd", x.dtype)(P, D, c, B, _p(x), float(dw), int(offset), _p(out), torch.get_num_threads())
+        ctx.save_for_backward(x, out)
+        ctx.dw, ctx.offset = float(dw), int(offset)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, out = ctx.saved_tensors
+        grad = grad.contiguous()
+        P, D, c, B = x.shape
+        gx = torch.empty_like(x)
+        _fn("group_lse_bwd", x.dtype)(P, D, c, B, _p(x), ctx.dw, ctx.offset, _p(out), _p(grad), _p(gx),
+                                      torch.get_num_threads())
+        return gx, None, None

@@ -168,6 +168,71 @@ void concrete_lse_bwd(int64_t P, int64_t c, int64_t V, int64_t K, int64_t B, con
     }
 }
 
+// Log-sum-exp of one row x[0..B) with the weights of eq. 13 (minus the constant off-diagonal one):
+// log sum_j exp(x_j + dw [j == jd]).
+template <typename T>
+inline T diag_lse(const T* __restrict__ x, int64_t B, int64_t jd, T dw) {
+  T m = x[jd] + dw;
+  for (int64_t j = 0; j < jd; ++j) m = x[j] > m ? x[j] : m;
+  for (int64_t j = jd + 1; j < B; ++j) m = x[j] > m ? x[j] : m;
+  T s = 0;
+  for (int64_t j = 0; j < jd; ++j) s += ex(x[j] - m);
+  for (int64_t j = jd + 1; j < B; ++j) s += ex(x[j] - m);
+  s += ex(x[jd] + dw - m);
+  return m + lg(s);
+}
+
+// Group and joint marginals of eq. 13 from the pairwise group log densities x (P, D, c, B):
+// out[p, d, i] = log sum_j exp(x[p, d, i, j] + dw [j == i + offset]) for d < D, and out[p, D, i] the same of
+// sum_d x[p, d, i, j] (the joint); out (P, D + 1, c). The constant off-diagonal log weight is added by the caller.
+template <typename T>
+void group_lse_fwd(int64_t P, int64_t D, int64_t c, int64_t B, const T* x, T dw, int64_t offset, T* out,
+                   int nthreads) {
+  parallel_rows(P * c, nthreads, [=](int, int64_t w0, int64_t w1) {
+    std::vector<T> S((size_t)B);
+    for (int64_t w = w0; w < w1; ++w) {
+      const int64_t p = w / c, i = w % c, jd = i + offset;
+      std::fill(S.begin(), S.end(), T(0));
+      T* __restrict__ s = S.data();
+      for (int64_t d = 0; d < D; ++d) {
+        const T* __restrict__ row = x + ((p * D + d) * c + i) * B;
+        out[(p * (D + 1) + d) * c + i] = diag_lse(row, B, jd, dw);
+        for (int64_t j = 0; j < B; ++j) s[j] += row[j];
+      }
+      out[(p * (D + 1) + D) * c + i] = diag_lse(s, B, jd, dw);
+    }
+  });
+}
+
+// Backward: gx[p, d, i, j] = g[p, d, i] softmax_d[i, j] + g[p, D, i] softmax_joint[i, j] (written).
+template <typename T>
+void group_lse_bwd(int64_t P, int64_t D, int64_t c, int64_t B, const T* x, T dw, int64_t offset, const T* out,
+                   const T* grad, T* gx, int nthreads) {
+  parallel_rows(P * c, nthreads, [=](int, int64_t w0, int64_t w1) {
+    std::vector<T> S((size_t)B), W((size_t)B);
+    for (int64_t w = w0; w < w1; ++w) {
+      const int64_t p = w / c, i = w % c, jd = i + offset;
+      T* __restrict__ s = S.data();
+      T* __restrict__ wj = W.data();
+      std::fill(S.begin(), S.end(), T(0));
+      for (int64_t d = 0; d < D; ++d) {
+        const T* __restrict__ row = x + ((p * D + d) * c + i) * B;
+        for (int64_t j = 0; j < B; ++j) s[j] += row[j];
+      }
+      const T oJ = out[(p * (D + 1) + D) * c + i], gJ = grad[(p * (D + 1) + D) * c + i];
+      for (int64_t j = 0; j < B; ++j) wj[j] = gJ * ex(s[j] - oJ);
+      wj[jd] = gJ * ex(s[jd] + dw - oJ);
+      for (int64_t d = 0; d < D; ++d) {
+        const T* __restrict__ row = x + ((p * D + d) * c + i) * B;
+        T* __restrict__ g = gx + ((p * D + d) * c + i) * B;
+        const T od = out[(p * (D + 1) + d) * c + i], gd = grad[(p * (D + 1) + d) * c + i];
+        for (int64_t j = 0; j < B; ++j) g[j] = gd * ex(row[j] - od) + wj[j];
+        g[jd] = gd * ex(row[jd] + dw - od) + wj[jd];
+      }
+    }
+  });
+}
+
 }  // namespace
 
 #define EXPORT(T, SUF)                                                                                            \
@@ -188,6 +253,14 @@ void concrete_lse_bwd(int64_t P, int64_t c, int64_t V, int64_t K, int64_t B, con
                                          const T* Lt, double tau, const T* lse, const T* grad, T* gLt, T* gv,     \
                                          T* gtau, int nt) {                                                       \
     concrete_lse_bwd<T>(P, c, V, K, B, v, Lt, (T)tau, lse, grad, gLt, gv, gtau, nt);                             \
+  }                                                                                                               \
+  extern "C" void group_lse_fwd_##SUF(int64_t P, int64_t D, int64_t c, int64_t B, const T* x, double dw,         \
+                                      int64_t offset, T* out, int nt) {                                           \
+    group_lse_fwd<T>(P, D, c, B, x, (T)dw, offset, out, nt);                                                     \
+  }                                                                                                               \
+  extern "C" void group_lse_bwd_##SUF(int64_t P, int64_t D, int64_t c, int64_t B, const T* x, double dw,         \
+                                      int64_t offset, const T* out, const T* grad, T* gx, int nt) {               \
+    group_lse_bwd<T>(P, D, c, B, x, (T)dw, offset, out, grad, gx, nt);                                           \
   }
 
 EXPORT(float, f32)

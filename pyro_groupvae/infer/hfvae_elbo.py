@@ -410,9 +410,13 @@ def log_batch_marginals(groups: List[LatentGroup], dataset_size, max_chunk_eleme
             grps.append(grp)
             subs.append(sub)
         grp = torch.stack(grps, 1)               # (P, D, c, B) float64: the reductions run over the last dim
-        lw = log_w.double()
-        out_grp = logsumexp(grp + lw, -1).transpose(-2, -1).to(dtype)
-        out_joint = logsumexp(grp.sum(1) + lw, -1).to(dtype)
+        if fused and math.isfinite(off):
+            out = (_fused.GroupLSE.apply(grp, dw, start) + off).to(dtype)        # (P, D + 1, c)
+            out_grp, out_joint = out[:, :D].transpose(-2, -1), out[:, D]
+        else:
+            lw = log_w.double()
+            out_grp = logsumexp(grp + lw, -1).transpose(-2, -1).to(dtype)
+            out_joint = logsumexp(grp.sum(1) + lw, -1).to(dtype)
         return torch.cat([out_joint.unsqueeze(-1), out_grp] + subs, -1)
 
     outs = []
