@@ -77,7 +77,8 @@ def _need_kernels(use_fused):
     if use_fused and fused.library() is None:
         if fused._compiler() is None:
             pytest.skip("no C++ compiler: the fused kernels cannot be built here")
-        raise AssertionError("a C++ compiler is present but the fused kernels did not build")
+        raise AssertionError(f"a C++ compiler is present but the fused kernels did not build: "
+                             f"{fused._STATE.get('error')}")
 
 
 @pytest.mark.parametrize("use_fused", [True, False], ids=["fused", "tensor"])

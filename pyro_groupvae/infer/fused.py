@@ -64,23 +64,18 @@ def library():
         return None
     src = _SOURCE.read_bytes()
     key = hashlib.sha256(src + " ".join(_FLAGS).encode() + _cpu_id().encode() + cxx.encode()).hexdigest()[:16]
-    cache = Path(os.environ.get("PYRO_GROUPVAE_CACHE", Path.home() / ".cache" / "pyro_groupvae"))
-    target = cache / f"fused_kernels_{key}.so"
-    try:
-        if not target.exists():
-            cache.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(suffix=".so", dir=cache)
-            os.close(fd)
-            try:
-                subprocess.run([cxx, *_FLAGS, str(_SOURCE), "-o", tmp], check=True, capture_output=True,
-                               timeout=300)
-                os.replace(tmp, target)  # atomic: several processes (DDP ranks) may build at once
-            finally:
-                if os.path.exists(tmp):
-                    os.unlink(tmp)
-        lib = ctypes.CDLL(str(target))
-    except (OSError, subprocess.SubprocessError) as e:
-        _log.info("fused HFVAE kernels unavailable (%s); using the tensor code", e)
+    caches = [Path(os.environ.get("PYRO_GROUPVAE_CACHE", Path.home() / ".cache" / "pyro_groupvae")),
+              Path(tempfile.gettempdir()) / f"pyro_groupvae_{os.getuid() if hasattr(os, 'getuid') else 0}"]
+    lib, errors = None, []
+    for cache in caches:  # the second where the first is not writable
+        try:
+            lib = ctypes.CDLL(str(_build(cxx, cache / f"fused_kernels_{key}.so")))
+            break
+        except (OSError, subprocess.SubprocessError) as e:
+            errors.append(f"{cache}: {e}")
+    if lib is None:
+        _STATE["error"] = "; ".join(errors)
+        _log.info("fused HFVAE kernels unavailable (%s); using the tensor code", _STATE["error"])
         return None
     i64, ptr, dbl, cint = ctypes.c_int64, ctypes.c_void_p, ctypes.c_double, ctypes.c_int
     for suf in ("f32", "f64"):
@@ -93,6 +88,22 @@ def library():
         getattr(lib, f"group_lse_bwd_{suf}").argtypes = [i64] * 4 + [ptr, dbl, i64, ptr, ptr, ptr, cint]
     _STATE["lib"] = lib
     return lib
+
+
+def _build(cxx, target):
+    """Compile the source into ``target`` unless it is there (atomic: several processes, DDP ranks, may build at
+    once); returns ``target``."""
+    if not target.exists():
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(suffix=".so", dir=target.parent)
+        os.close(fd)
+        try:
+            subprocess.run([cxx, *_FLAGS, str(_SOURCE), "-o", tmp], check=True, capture_output=True, timeout=300)
+            os.replace(tmp, target)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+    return target
 
 
 _SUFFIX = {torch.float32: "f32", torch.float64: "f64"}
