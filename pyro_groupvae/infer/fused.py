@@ -1,10 +1,11 @@
 """Fused CPU kernels for the HFVAE estimator of q(z) (:mod:`pyro_groupvae.infer.hfvae_elbo`).
 
-The two ``B x B x E`` pieces of the estimator, the per-dimension Normal log-sum-exp (:class:`NormalLSE`, a drop-in
-for ``hfvae_elbo._NormalLSE``) and the log-sum-exp over classes of the pairwise Concrete density
-(:class:`ConcreteLSE`), and the log-sum-exps of the ``B x B`` group tables (:class:`GroupLSE`) are written as loops in C++ (``fused_kernels.cpp``) that form every entry in registers and
-reduce it at once, forward and backward, so no ``B x B x E`` tensor is ever stored: the same numbers as the tensor
-code, several times faster on a CPU (docs/benchmarks.md).
+The reductions of the estimator over the batch, the per-dimension Normal log-sum-exp (:class:`NormalLSE`, a
+drop-in for ``hfvae_elbo._NormalLSE``), the log-sum-exp over classes of the pairwise Concrete density
+(:class:`ConcreteLSE`) and the log-sum-exps of the ``B x B`` group tables (:class:`GroupLSE`), are written as loops
+in C++ (``fused_kernels.cpp``) that form every entry in registers and reduce it at once, forward and backward, so no
+``B x B x E`` tensor is ever stored: the same numbers as the tensor code, several times faster on a CPU
+(docs/benchmarks.md).
 
 The source is compiled at first use with the system C++ compiler (``$CXX``, else ``g++``/``c++``; ``-O3
 -march=native -ffast-math``, which lets the compiler vectorise ``exp``) into
@@ -169,8 +170,7 @@ class ConcreteLSE(torch.autograd.Function):
         lse = torch.empty(P, c, V, B, dtype=v.dtype)
         _fn("concrete_lse_fwd", v.dtype)(P, c, V, K, B, _p(v), _p(Lt), t, _p(lse), torch.get_num_threads())
         ctx.save_for_backward(v, Lt, lse)
-        ctx.tau = t
-        ctx.tau_like = tau
+        ctx.tau, ctx.tau_shape, ctx.tau_dtype = t, tau.shape, tau.dtype
         return lse
 
     @staticmethod
@@ -183,8 +183,7 @@ class ConcreteLSE(torch.autograd.Function):
         gtau = torch.zeros((), dtype=v.dtype)
         _fn("concrete_lse_bwd", v.dtype)(P, c, V, K, B, _p(v), _p(Lt), ctx.tau, _p(lse), _p(grad), _p(gLt), _p(gv),
                                          _p(gtau), torch.get_num_threads())
-        tau = ctx.tau_like
-        return gv, gLt, (gtau.to(tau.dtype).reshape(tau.shape) if ctx.needs_input_grad[2] else None)
+        return gv, gLt, (gtau.to(ctx.tau_dtype).reshape(ctx.tau_shape) if ctx.needs_input_grad[2] else None)
 
 
 class GroupLSE(torch.autograd.Function):

@@ -79,9 +79,10 @@ eq. B.5) written out pairwise; writing its log-sum-exp over classes as a product
 rejected, because encoder logits and samples peak at different classes and the factorised exponentials underflow
 (wrong by tens of nats at logit spreads of a few hundred, even in float64). Other distributions use their own
 pairwise ``log_prob``. Exponentials are taken as ``exp2(x log2 e)`` (faster than ``torch.exp`` on the CPU
-build we measured). On the CPU both ``B x B x E`` pieces (the per-dimension Normal log-sum-exp and the
-Concrete log-sum-exp over classes) run by default as fused C++ loops (:mod:`pyro_groupvae.infer.fused`, built at
-first use; same values, nothing ``B x B x E`` stored), else as the tensor code above. ``compile=True`` runs the
+build we measured). On the CPU the ``B x B (x E)`` reductions (the per-dimension Normal log-sum-exp, the
+Concrete log-sum-exp over classes and the group/joint log-sum-exps) run by default as fused C++ loops
+(:mod:`pyro_groupvae.infer.fused`, built at first use; same values, nothing ``B x B x E`` stored), else as the
+tensor code above. ``compile=True`` runs the
 ``B x B`` kernels through ``torch.compile`` instead (off by default: the first step compiles). Numbers:
 docs/benchmarks.md.
 
