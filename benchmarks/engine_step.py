@@ -2,8 +2,9 @@
 
 1. Step time, interleaved: ``fit`` trains ML-VAE on MNIST with the benchmark batches (256 images = 16 groups of 16,
    ``GroupBatchSampler``); a Lightning callback runs one step of a hand-written PyTorch loop (same networks on a
-   second copy of the model, same loss as ``benchmarks/mlvae_benchmarks.py``, same ``torch.optim.Adam(foreach)``,
-   the same kind of batch gathered from the dataset) after every Lightning step, so machine load hits both alike.
+   second copy of the model, same loss as ``benchmarks/mlvae_benchmarks.py``, the same Adam as ``fit``
+   (``infer.optim.adam``), the same kind of batch gathered from the dataset) after every Lightning step, so
+   machine load hits both alike.
    The Lightning step is the wall time from the end of one hand-written step to the end of the next Lightning
    step: everything ``fit`` does per step (data loader, hooks, Pyro ELBO, backward, Adam, logging). Medians; the
    ratio target is <= 1.10. Also interleaved: the plain Pyro step and the plain Pyro JIT step (the same step
@@ -35,6 +36,7 @@ from mlvae_benchmarks import hand_written_loss  # noqa: E402
 from pyro_groupvae.data import GroupBatchSampler, load_dataset  # noqa: E402
 from pyro_groupvae.infer import fit  # noqa: E402
 from pyro_groupvae.infer.jit import JitLoss  # noqa: E402
+from pyro_groupvae.infer.optim import adam  # noqa: E402
 from pyro_groupvae.models import MLVAE  # noqa: E402
 
 
@@ -76,7 +78,7 @@ def step_ratio(args, jit=False):
     m = MLVAE()
     torch.manual_seed(0)
     m2 = MLVAE().to(dev)
-    opt = torch.optim.Adam(m2.parameters(), lr=1e-3, betas=(0.9, 0.999), eps=1e-8, foreach=True)
+    opt = adam(m2.parameters(), lr=1e-3, betas=(0.9, 0.999), eps=1e-8)
     hand_batches = endless(GroupBatchSampler(data.y, batch_groups=16, group_size=16, seed=1))
 
     def hand_step():
@@ -93,7 +95,7 @@ def step_ratio(args, jit=False):
         model = MLVAE().to(dev)
         model.pyro_name = name
         loss = make_loss(model)
-        opt = torch.optim.Adam(model.parameters(), lr=1e-3, betas=(0.9, 0.999), eps=1e-8, foreach=True)
+        opt = adam(model.parameters(), lr=1e-3, betas=(0.9, 0.999), eps=1e-8)
         batches = endless(GroupBatchSampler(data.y, batch_groups=16, group_size=16, seed=seed))
 
         def step():
