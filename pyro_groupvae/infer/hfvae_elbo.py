@@ -134,14 +134,23 @@ def _check_sizes(B, dataset_size):
                          "estimator of q(z) needs N >= B (pass the size of the training set)")
 
 
+def _stratum_log_weights(B, dataset_size):
+    """``(diag, off)``: the log weights of eq. 13, ``log(1/N)`` at ``b' = b`` and ``log((N-1) / (N (B-1)))``
+    elsewhere (``-inf`` for ``B = 1``, where eq. 13 is undefined and only the deterministic stratum is kept)."""
+    _check_sizes(B, dataset_size)
+    N = float(dataset_size)
+    off = math.log(N - 1) - math.log(N) - math.log(B - 1) if (B > 1 and N > 1) else -math.inf
+    return -math.log(N), off
+
+
 def stratified_log_weights(rows, batch_size, dataset_size, dtype=torch.float32, device=None):
     """Log weights of eq. 13 for the rows ``rows`` (LongTensor of batch positions ``b``): ``(len(rows), B)``
-    with ``log(1/N)`` at ``b' = b`` and ``log((N-1) / (N (B-1)))`` elsewhere (``B = 1``: eq. 13 is undefined and only the deterministic stratum ``q(z|x)/N`` is kept)."""
-    B, N = int(batch_size), float(dataset_size)
-    _check_sizes(B, dataset_size)
-    off = math.log(N - 1) - math.log(N) - math.log(B - 1) if (B > 1 and N > 1) else -math.inf
+    with ``log(1/N)`` at ``b' = b`` and ``log((N-1) / (N (B-1)))`` elsewhere (``B = 1``: eq. 13 is undefined and
+    only the deterministic stratum ``q(z|x)/N`` is kept)."""
+    B = int(batch_size)
+    diag, off = _stratum_log_weights(B, dataset_size)
     w = torch.full((len(rows), B), off, dtype=dtype, device=device)
-    w[torch.arange(len(rows), device=device), rows] = -math.log(N)
+    w[torch.arange(len(rows), device=device), rows] = diag
     return w
 
 
@@ -376,10 +385,7 @@ def log_batch_marginals(groups: List[LatentGroup], dataset_size, max_chunk_eleme
     E = sum(g.num_sub for g in groups)
     D = len(groups)
     chunk_rows, use_checkpoint = chunk_plan(B, E, max_chunk_elements, chunk_rows, use_checkpoint)
-    N = float(dataset_size)
-    _check_sizes(B, dataset_size)
-    off = math.log(N - 1) - math.log(N) - math.log(B - 1) if (B > 1 and N > 1) else -math.inf
-    diag = -math.log(N)
+    diag, off = _stratum_log_weights(B, dataset_size)
     dw = diag - off if math.isfinite(off) else 0.0
 
     prepared = [_Prepared(g, off if math.isfinite(off) else 0.0) for g in groups]
