@@ -6,9 +6,9 @@ For every model's training step at its experiment's default size, measured in on
   products, re-measured between the models (interleaved) so that load on a shared machine hits both alike;
 * the step's FLOPs, counted by ``torch.utils.flop_counter.FlopCounterMode`` over one whole step (forward,
   backward; matmuls and convolutions only -- elementwise work and the optimiser are not counted);
-* the step's time: the median of our training step (``pyro.infer.SVI.step`` with the ELBO, the
-  :class:`~pyro_groupvae.infer.optim.FusedAdam` optimiser and the trusted-input / no-validation setting that
-  :func:`~pyro_groupvae.infer.train.fit` uses), on one batch of the recipe's own sampler;
+* the step's time: the median of the training step that :func:`~pyro_groupvae.infer.train.fit` runs (the
+  Lightning plan's step: ``zero_grad``, the ELBO module's loss, backward, the plan's Adam, with trusted inputs and
+  no Pyro validation), on one batch of the recipe's own sampler;
 
 and prints achieved GFLOP/s and the fraction of the peak.
 
@@ -59,11 +59,12 @@ def default_options(recipe):
 
 
 def build_step(case, compile_nets=False):
-    """``(step, count_flops, description)`` for one case: ``step()`` is one SVI step on a fixed batch."""
+    """``(step, count_flops, description, stack)`` for one case: ``step()`` is one training step of ``fit`` on a
+    fixed batch, as :class:`~pyro_groupvae.infer.lightning.PyroTrainingPlan` runs it (``zero_grad`` to None, the
+    ELBO module's loss, backward, the plan's Adam; trusted inputs, Pyro validation off, modules registered once)."""
     import pyro
-    from pyro.infer import SVI
 
-    from pyro_groupvae.infer.optim import FusedAdam
+    from pyro_groupvae.infer.lightning import PyroTrainingPlan
     from pyro_groupvae.runs import get_recipe, load_data
 
     name, dataset, over, desc = CASES[case]
@@ -78,18 +79,23 @@ def build_step(case, compile_nets=False):
         from pyro_groupvae.models.nets import compile_networks
 
         compile_networks(model)
-    elbo = parts.get("elbo") or model.default_elbo()
     pyro.clear_param_store()
-    svi = SVI(model.model, model.guide, FusedAdam({"lr": 1e-3}), loss=elbo)
+    plan = PyroTrainingPlan(model, train, parts["sampler"], elbo=parts.get("elbo"), lr=1e-3)
+    opt = plan.configure_optimizers()
     batch = next(iter(parts["sampler"]))
     kw = model.batch_inputs(train, batch, torch.device("cpu"))
     model.train()
+    plan.on_fit_start()
     stack = contextlib.ExitStack()
-    stack.enter_context(model.trusted_inputs())
-    stack.enter_context(pyro.validation_enabled(False))
+    stack.callback(plan.on_fit_end)
 
     def step():
-        return svi.step(**kw)
+        opt.zero_grad()
+        loss = plan.loss_module(**kw)
+        float(loss.detach())  # the plan's finite-loss check reads the loss on the CPU
+        loss.backward()
+        opt.step()
+        return loss
 
     def count_flops():
         from torch.utils.flop_counter import FlopCounterMode

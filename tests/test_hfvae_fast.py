@@ -99,51 +99,55 @@ def test_matches_direct_formula_float32(spread, use_fused):
     _check(groups, params, 60000, rtol=1e-4, atol=1e-4, gatol=1e-4, fused=use_fused)
 
 
+def _grads_close(got, want, inputs, g, tol):
+    """Values and the gradients of a random weighting of the outputs agree."""
+    got, want = (got,) if torch.is_tensor(got) else got, (want,) if torch.is_tensor(want) else want
+    ws = [torch.randn(w.shape, generator=g, dtype=w.dtype) for w in want]
+    retain = dict(retain_graph=True)
+    for x, y in zip(got, want):
+        assert x.shape == y.shape and torch.allclose(x, y, **tol), (x - y).abs().max()
+    for x, y in zip(torch.autograd.grad(sum((o * w).sum() for o, w in zip(got, ws)), inputs),
+                    torch.autograd.grad(sum((o * w).sum() for o, w in zip(want, ws)), inputs, **retain)):
+        assert torch.allclose(x, y, **tol), (x - y).abs().max()
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_fused_kernels_match_tensor_code(dtype):
-    """The C++ kernels (Normal, group/joint and Concrete log-sum-exps) against the tensor code they replace, values
-    and all gradients, one and two threads, several row offsets (the diagonal of eq. 13 moves with the chunk)."""
+    """The C++ kernels (Normal marginals + group table, pairwise Concrete density, group/joint log-sum-exps)
+    against the same functions written as tensor code, values and all gradients (also through only one of two
+    outputs), one and two threads, several row offsets (the diagonal of eq. 13 moves with the chunk)."""
     _need_kernels(True)
     g = torch.Generator().manual_seed(4)
-    tol = dict(rtol=1e-12, atol=1e-12) if dtype == torch.float64 else dict(rtol=2e-5, atol=2e-5)
-    n, c, B = 5, 4, 9
-    z = torch.randn(n, c, generator=g, dtype=dtype).requires_grad_()
-    mu = torch.randn(n, B, generator=g, dtype=dtype).requires_grad_()
-    h = (-0.5 / (0.1 + torch.rand(n, B, generator=g, dtype=dtype)) ** 2).requires_grad_()
-    a = torch.randn(n, B, generator=g, dtype=dtype).requires_grad_()
-    P, V, K = 2, 3, 4
+    tol = dict(rtol=1e-12, atol=1e-12) if dtype == torch.float64 else dict(rtol=3e-5, atol=3e-5)
+    P, E, c, B = 2, 5, 4, 9
+    z = torch.randn(P, E, c, generator=g, dtype=dtype).requires_grad_()
+    mu = torch.randn(P, E, B, generator=g, dtype=dtype).requires_grad_()
+    h = (-0.5 / (0.1 + torch.rand(P, E, B, generator=g, dtype=dtype)) ** 2).requires_grad_()
+    a = torch.randn(P, E, B, generator=g, dtype=dtype).requires_grad_()
+    V, K = 3, 4
     v = torch.randn(P, c, V, K, generator=g, dtype=dtype).requires_grad_()
     L = (5 * torch.randn(P, B, V, K, generator=g, dtype=dtype)).requires_grad_()
     tau = torch.tensor(0.67, dtype=dtype, requires_grad=True)
+    cst = torch.tensor(1.3, dtype=dtype, requires_grad=True)
     threads = torch.get_num_threads()
     try:
         for nt in (1, 2):
             torch.set_num_threads(nt)
             for offset in (0, 3, B - c):
-                want = hfvae_elbo._NormalLSE.apply(z, mu, h, a, -2.5, offset)
-                got = fused.NormalLSE.apply(z, mu, h, a, -2.5, offset)
-                w = torch.randn(want.shape, generator=g, dtype=dtype)
-                assert torch.allclose(got, want, **tol)
-                for x, y in zip(torch.autograd.grad((got * w).sum(), (z, mu, h, a)),
-                                torch.autograd.grad((want * w).sum(), (z, mu, h, a))):
-                    assert torch.allclose(x, y, **tol)
-            x = (20 * torch.randn(P, 3, c, B, generator=g, dtype=dtype)).requires_grad_()
-            for offset in (0, 2, B - c):
                 lw = torch.zeros(c, B, dtype=dtype)
                 lw[torch.arange(c), torch.arange(c) + offset] = -2.5
+                x = a.unsqueeze(-2) + h.unsqueeze(-2) * (z.unsqueeze(-1) - mu.unsqueeze(-2)) ** 2   # (P, E, c, B)
+                want = (torch.logsumexp(x + lw, -1), x.sum(1))
+                for k in (slice(None), 0, 1):  # both outputs; only the marginals; only the table
+                    got = fused.NormalGroup.apply(z, mu, h, a, -2.5, offset)
+                    _grads_close(got[k], want[k], (z, mu, h, a), g, tol)
+                x = (20 * torch.randn(P, 3, c, B, generator=g, dtype=dtype)).requires_grad_()
                 want = torch.cat([torch.logsumexp(x + lw, -1), torch.logsumexp(x.sum(1) + lw, -1).unsqueeze(1)], 1)
-                got = fused.GroupLSE.apply(x, -2.5, offset)
-                w = torch.randn(want.shape, generator=g, dtype=dtype)
-                assert torch.allclose(got, want, **tol)
-                assert torch.allclose(torch.autograd.grad((got * w).sum(), x)[0],
-                                      torch.autograd.grad((want * w).sum(), x)[0], **tol)
-            want = torch.logsumexp(L.unsqueeze(1) - tau * v.unsqueeze(2), -1).permute(0, 1, 3, 2)
-            got = fused.ConcreteLSE.apply(v, L.permute(0, 2, 3, 1), tau)
-            w = torch.randn(want.shape, generator=g, dtype=dtype)
-            assert torch.allclose(got, want, **tol)
-            for x, y in zip(torch.autograd.grad((got * w).sum(), (v, L, tau)),
-                            torch.autograd.grad((want * w).sum(), (v, L, tau))):
-                assert torch.allclose(x, y, **tol)
+                _grads_close(fused.GroupLSE.apply(-2.5, offset, *x.unbind(1)), want, (x,), g, tol)
+            score = L.unsqueeze(1) - tau * v.unsqueeze(2)                           # (P, c, B, V, K)
+            want = (score.sum(-1) - K * torch.logsumexp(score, -1) + cst).permute(0, 3, 1, 2)
+            got = fused.ConcreteLP.apply(v, L.permute(0, 2, 3, 1), tau, cst)
+            _grads_close(got, want, (v, L, tau, cst), g, tol)
     finally:
         torch.set_num_threads(threads)
 
@@ -270,3 +274,39 @@ def test_vectorize_particles():
     want = dec["log_likelihood"] - (dec["mutual_information"] + 4 * dec["tc_between"] + 3 * dec["tc_within"]
                                     + dec["dimension_kl"])
     assert dec["objective"] == pytest.approx(want, rel=1e-5, abs=1e-3)
+
+
+def test_traces_without_validation_skip_latent_log_probs_and_keep_the_loss():
+    """With validation off the plate's latent sites get no log density from the trace (the estimator forms its
+    own), observed and global sites keep theirs, and the loss and gradients are those of the validated path."""
+    torch.manual_seed(0)
+    model, guide, params = _toy()
+    pyro.clear_param_store()
+    positive = torch.distributions.constraints.positive
+
+    def model2(x):
+        s = pyro.sample("s", dist.Normal(0.0, 1.0))
+        pyro.sample("s_obs", dist.Normal(s, 1.0), obs=torch.tensor(0.3))
+        model(x)
+
+    def guide2(x):
+        pyro.sample("s", dist.Normal(0.1, pyro.param("g_scale", torch.tensor(0.5), constraint=positive)))
+        guide(x)
+
+    x = torch.randn(16, 5)
+    elbo = HFVAE_ELBO(1.0, 4.0, 3.0, 1.0)
+    results = []
+    for valid in (True, False):
+        with pyro.validation_enabled(valid):
+            pyro.set_rng_seed(3)
+            model_trace, guide_trace = elbo._get_trace(model2, guide2, (x,), {})
+            pyro.set_rng_seed(3)
+            loss = elbo.differentiable_loss(model2, guide2, x)
+            results.append((loss, torch.autograd.grad(loss, params + [pyro.param("g_scale").unconstrained()])))
+        if not valid:
+            assert "log_prob" not in model_trace.nodes["z"] and "log_prob" not in guide_trace.nodes["c"]
+            assert "log_prob_sum" in model_trace.nodes["x"] and "log_prob_sum" in guide_trace.nodes["s"]
+    (l1, g1), (l2, g2) = results
+    assert torch.allclose(l1, l2, rtol=1e-6)
+    for a, b in zip(g1, g2):
+        assert torch.allclose(a, b, rtol=1e-5, atol=1e-6)

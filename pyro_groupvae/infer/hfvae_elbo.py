@@ -48,7 +48,8 @@ reinterpreted by ``.to_event`` (``Independent``) when both the guide and the pri
 ``V`` discrete variables: one per variable); a site whose distribution is not an ``Independent`` (a single
 Concrete variable, a multivariate Normal) is *one* sub-variable, so its within-group TC is 0. The prior is
 taken to factorise over sites (each site's prior density is its marginal), so the prior part of Ⓐ is 0; the
-prior part of ⓘ is computed (it is 0 for ``Independent`` priors). Latent sites outside the observation plate
+prior part of ⓘ is 0 too, because a site is split into sub-variables only where its prior is an ``Independent``
+over the same dimensions. Latent sites outside the observation plate
 (global latents) enter with the ordinary ``log p - log q``.
 
 **The discrete block.** A Concrete site (:class:`~pyro_groupvae.distributions.ExpConcrete`) enters like any
@@ -70,21 +71,21 @@ the observation plate (so a subsampled ``pyro.plate("data", N, subsample=...)`` 
 (``torch.utils.checkpoint``), so memory is :math:`O(B \cdot E + \text{chunk})`, linear in the latent size,
 and no ``B x B x E`` tensor exists at once.
 
-**Computation.** For a Normal group the density of a group is a quadratic form in ``z``: the square is expanded
-and the ``B x B`` table is one matrix product (float64 and centred per dimension, so that the expansion loses no
-precision); the per-dimension marginals are one fused log-sum-exp over the batch (:class:`_NormalLSE`: the
-``B x B x E`` table is built, reduced and freed in the forward pass and rebuilt in the backward pass, which forms
-the gradients from the differences ``z - mu`` directly). The Concrete block uses its density (Maddison et al.
-eq. B.5) written out pairwise; writing its log-sum-exp over classes as a product of exponentials was tried and
-rejected, because encoder logits and samples peak at different classes and the factorised exponentials underflow
-(wrong by tens of nats at logit spreads of a few hundred, even in float64). Other distributions use their own
-pairwise ``log_prob``. Exponentials are taken as ``exp2(x log2 e)`` (faster than ``torch.exp`` on the CPU
-build we measured). On the CPU the ``B x B (x E)`` reductions (the per-dimension Normal log-sum-exp, the
-Concrete log-sum-exp over classes and the group/joint log-sum-exps) run by default as fused C++ loops
-(:mod:`pyro_groupvae.infer.fused`, built at first use; same values, nothing ``B x B x E`` stored), else as the
-tensor code above. ``compile=True`` runs the
-``B x B`` kernels through ``torch.compile`` instead (off by default: the first step compiles). Numbers:
-docs/benchmarks.md.
+**Computation.** By default on the CPU (``fused=True``) every pairwise density is formed directly, in the input
+dtype, inside fused C++ loops (:mod:`pyro_groupvae.infer.fused`, built at first use; nothing ``B x B x E`` is
+stored): for a Normal group one kernel gives the per-dimension marginals and the group's ``B x B`` table at once,
+from the differences ``z - mu``; the Concrete block uses its density (Maddison et al. eq. B.5) written out
+pairwise; one kernel reduces all group tables and their sum (the joint). A group of one sub-variable (one Concrete
+variable) takes its sub-variable marginal from its group marginal. Writing the Concrete log-sum-exp over classes
+as a product of exponentials was tried and rejected, because encoder logits and samples peak at different
+classes and the factorised exponentials underflow (wrong by tens of nats at logit spreads of a few hundred, even
+in float64). Other distributions use their own pairwise ``log_prob``. Without the kernels (``fused=False``,
+another device, no compiler) the tensor code runs: the Normal group table as a quadratic form, the square
+expanded into one matrix product (float64 and centred per dimension, so that the expansion loses no precision),
+the per-dimension marginals by :class:`_NormalLSE` (the ``B x B x E`` table built, reduced and freed in the
+forward pass and rebuilt in the backward pass), exponentials as ``exp2(x log2 e)`` (faster than ``torch.exp`` on
+the CPU build we measured). ``compile=True`` runs the ``B x B`` kernels through ``torch.compile`` instead (off by
+default: the first step compiles). Numbers: docs/benchmarks.md.
 
 Reparameterised sites only (Normal, Concrete, or any other with ``rsample``); ``num_particles`` particles are
 drawn one after another or, with ``vectorize_particles=True``, in one vectorised pass (each particle gets its
@@ -98,7 +99,10 @@ from typing import List
 
 import pyro.distributions as dist
 import torch
+from pyro import poutine
 from pyro.infer import Trace_ELBO
+from pyro.infer.util import is_validation_enabled
+from pyro.poutine.util import prune_subsample_sites
 from pyro.util import warn_if_nan
 from torch.distributions import Independent
 from torch.distributions.relaxed_categorical import ExpRelaxedCategorical
@@ -252,21 +256,15 @@ def _normal_lse_direct(z, mu, h, a, log_w):
     return torch.logsumexp(a.unsqueeze(-2) + h.unsqueeze(-2) * d * d + log_w, -1)
 
 
-def _concrete_pairwise(v, logits, tau, log_w, fast=True, fused=False):
+def _concrete_pairwise(v, logits, tau, log_w, fast=True):
     """Direct pairwise ExpConcrete log densities (Maddison et al. eq. B.5, as ``ExpRelaxedCategorical.log_prob``)
     of rows ``v (P, c, V, K)`` under ``logits (P, B, V, K)`` (normalised), and their log-sum-exp with ``log_w``:
-    ``(group (P, c, B) float64, per-variable log marginals (P, c, V))``. ``fused``: the log-sum-exp over classes
-    by :class:`~pyro_groupvae.infer.fused.ConcreteLSE` (no ``(P, c, B, V, K)`` tensor)."""
+    ``(group (P, c, B) float64, per-variable log marginals (P, c, V))``."""
     K = logits.shape[-1]
     lse = logsumexp if fast else torch.logsumexp  # torch's for torch.compile
     const = torch.lgamma(torch.full_like(tau, float(K))) + (K - 1) * torch.log(tau)
-    if fused:
-        lse_k = _fused.ConcreteLSE.apply(v, logits.permute(0, 2, 3, 1), tau).permute(0, 1, 3, 2)  # (P, c, B, V)
-        ssum = logits.sum(-1).unsqueeze(1) - tau * v.sum(-1).unsqueeze(2)                         # sum_k score
-        lp = ssum - K * lse_k + const
-    else:
-        score = logits.unsqueeze(1) - tau * v.unsqueeze(2)                        # (P, c, B, V, K)
-        lp = score.sum(-1) - K * lse(score, -1) + const                           # (P, c, B, V)
+    score = logits.unsqueeze(1) - tau * v.unsqueeze(2)                        # (P, c, B, V, K)
+    lp = score.sum(-1) - K * lse(score, -1) + const                           # (P, c, B, V)
     return lp.sum(-1).double(), lse(lp + log_w.unsqueeze(-1), -2)
 
 
@@ -307,7 +305,7 @@ class _Prepared:
     """Per-group tensors of the fast paths, computed once per step (all ``(P, B, ...)``; ``P = 1`` without
     vectorised particles)."""
 
-    def __init__(self, g, off):
+    def __init__(self, g, off, fused=False):
         self.g = g
         lead_shape = g.value.shape[:g.lead]
         self.P = math.prod(lead_shape)
@@ -321,6 +319,9 @@ class _Prepared:
             scale = g.q.scale.expand(shape).reshape(self.P, B, g.num_sub)
             self.h = -0.5 * scale.reciprocal().square()
             self.a = -torch.log(scale) - 0.5 * math.log(2 * math.pi)
+            if fused:  # per-dimension layout (P, E, B) for fused.NormalGroup (marginals and group table at once)
+                self.z3, self.mu3, self.h3, self.a3 = (t.transpose(1, 2) for t in (z, mu, self.h, self.a))
+                return
             # group level in float64, centred per dimension (a constant shift of z and mu), the square expanded
             # into matrix products
             z64, mu64, h64 = z.double(), mu.double(), self.h.double()
@@ -335,11 +336,14 @@ class _Prepared:
             self.at = (self.a + off).permute(0, 2, 1).reshape(-1, B)
             self.at_raw = self.a.permute(0, 2, 1).reshape(-1, B)
         elif isinstance(g.q, ExpRelaxedCategorical) and g.q.temperature.numel() == 1:
-            self.kind = "concrete"  # the direct formula (_concrete_pairwise)
+            self.kind = "concrete"  # the direct formula (_concrete_pairwise, or fused.ConcreteLP)
             K = g.q.logits.shape[-1]
             self.v = g.value.reshape(self.P, B, -1, K)
             self.logits = g.q.logits.expand(g.value.shape).reshape(self.P, B, -1, K)
             self.tau = g.q.temperature.reshape(())
+            if fused:
+                self.Lt = self.logits.permute(0, 2, 3, 1)                               # (P, V, K, B)
+                self.cst = torch.lgamma(torch.full_like(self.tau, float(K))) + (K - 1) * torch.log(self.tau)
         else:
             self.kind = "generic"
 
@@ -362,9 +366,9 @@ def log_batch_marginals(groups: List[LatentGroup], dataset_size, max_chunk_eleme
     r"""Batch estimates (eq. 13) of :math:`\log q(z^{(b)})`, :math:`\log q(z_d^{(b)})` and
     :math:`\log q(z_{d,e}^{(b)})` for every batch member ``b``.
 
-    Normal groups: the group density is a quadratic form, computed as matrix products in float64 (the square
-    expanded); the per-dimension marginals are a fused log-sum-exp (:class:`_NormalLSE`). Other distributions
-    (the Concrete block included): the direct pairwise ``log_prob``.
+    Fused (the default on the CPU): every pairwise density formed directly by the C++ kernels. Tensor code:
+    Normal group densities as matrix products in float64 (the square expanded) and the per-dimension marginals by
+    :class:`_NormalLSE`; other distributions (the Concrete block included) by the direct pairwise ``log_prob``.
 
     :param groups: the latent groups (see :class:`LatentGroup`; built by :meth:`HFVAE_ELBO.latent_groups`).
     :param dataset_size: ``N``.
@@ -375,7 +379,8 @@ def log_batch_marginals(groups: List[LatentGroup], dataset_size, max_chunk_eleme
     :param bool compile: compute the per-dimension Normal and the Concrete pairwise terms with ``torch.compile``d
         kernels (the first call compiles, which takes minutes on a small CPU; off by default).
     :param bool fused: compute them with the fused C++ kernels of :mod:`pyro_groupvae.infer.fused` where they are
-        available (CPU tensors, a C++ compiler; same values, no ``B x B x E`` tensor); ignored with ``compile``.
+        available (CPU tensors, a C++ compiler; same values within float rounding, no ``B x B x E`` tensor);
+        ignored with ``compile``.
     :returns: ``(joint (*lead, B), groups (*lead, B, D), subvariables (*lead, B, E))``.
     """
     g0 = groups[0]
@@ -388,8 +393,34 @@ def log_batch_marginals(groups: List[LatentGroup], dataset_size, max_chunk_eleme
     diag, off = _stratum_log_weights(B, dataset_size)
     dw = diag - off if math.isfinite(off) else 0.0
 
-    prepared = [_Prepared(g, off if math.isfinite(off) else 0.0) for g in groups]
-    fused = bool(fused) and not compile and _fused.available(g0.value)
+    fused = bool(fused) and not compile and math.isfinite(off) and _fused.available(g0.value)
+    prepared = [_Prepared(g, off if math.isfinite(off) else 0.0, fused) for g in groups]
+
+    def fused_chunk(start, stop):
+        """The chunk with the C++ kernels: every pairwise table in the input dtype, formed directly."""
+        tables, subs = [], []
+        for p in prepared:
+            if p.kind == "normal":
+                sub, table = _fused.NormalGroup.apply(p.z3[..., start:stop], p.mu3, p.h3, p.a3, dw, start)
+                sub = (sub + off).transpose(-2, -1)                           # (P, c, E)
+            elif p.kind == "concrete":
+                lp = _fused.ConcreteLP.apply(p.v[:, start:stop], p.Lt, p.tau, p.cst)   # (P, V, c, B)
+                if lp.shape[1] == 1:  # one sub-variable: its marginal is the group's (below)
+                    sub, table = None, lp.squeeze(1)
+                else:
+                    sub = (_fused.GroupLSE.apply(dw, start, *lp.unbind(1))[:, :-1] + off).transpose(-2, -1)
+                    table = lp.sum(1)
+            else:
+                log_w = stratified_log_weights(torch.arange(start, stop, device=device), B, dataset_size, dtype,
+                                               device)
+                table, sub = p.rows(start, stop, log_w)
+                table = table.to(dtype)
+            tables.append(table)
+            subs.append(sub)
+        out = _fused.GroupLSE.apply(dw, start, *tables) + off                 # (P, D + 1, c)
+        out_grp, out_joint = out[:, :D].transpose(-2, -1), out[:, D]
+        subs = [out_grp[..., d:d + 1] if sub is None else sub for d, sub in enumerate(subs)]
+        return torch.cat([out_joint.unsqueeze(-1), out_grp] + subs, -1)
 
     def chunk(start, stop):
         rows = torch.arange(start, stop, device=device)
@@ -400,7 +431,7 @@ def log_batch_marginals(groups: List[LatentGroup], dataset_size, max_chunk_eleme
                 if compile:
                     grp, sub = _compiled(_concrete_pairwise)(p.v[:, start:stop], p.logits, p.tau, log_w, False)
                 else:
-                    grp, sub = _concrete_pairwise(p.v[:, start:stop], p.logits, p.tau, log_w, fused=fused)
+                    grp, sub = _concrete_pairwise(p.v[:, start:stop], p.logits, p.tau, log_w)
                 grps.append(grp)
                 subs.append(sub.to(dtype))
                 continue
@@ -409,23 +440,20 @@ def log_batch_marginals(groups: List[LatentGroup], dataset_size, max_chunk_eleme
                 if compile:
                     sub = _compiled(_normal_lse_direct)(p.zt[:, start:stop], p.mut, p.ht, p.at_raw, log_w)
                 elif math.isfinite(off):
-                    lse = _fused.NormalLSE if fused else _NormalLSE
-                    sub = lse.apply(p.zt[:, start:stop], p.mut, p.ht, p.at, dw, start)
+                    sub = _NormalLSE.apply(p.zt[:, start:stop], p.mut, p.ht, p.at, dw, start)
                 else:  # B = 1: only the deterministic stratum
                     sub = (p.at + p.ht * (p.zt - p.mut) ** 2)[:, start:stop] + diag
                 sub = sub.reshape(p.P, p.g.num_sub, stop - start).transpose(-2, -1)
             grps.append(grp)
             subs.append(sub)
         grp = torch.stack(grps, 1)               # (P, D, c, B) float64: the reductions run over the last dim
-        if fused and math.isfinite(off):
-            out = (_fused.GroupLSE.apply(grp, dw, start) + off).to(dtype)        # (P, D + 1, c)
-            out_grp, out_joint = out[:, :D].transpose(-2, -1), out[:, D]
-        else:
-            lw = log_w.double()
-            out_grp = logsumexp(grp + lw, -1).transpose(-2, -1).to(dtype)
-            out_joint = logsumexp(grp.sum(1) + lw, -1).to(dtype)
+        lw = log_w.double()
+        out_grp = logsumexp(grp + lw, -1).transpose(-2, -1).to(dtype)
+        out_joint = logsumexp(grp.sum(1) + lw, -1).to(dtype)
         return torch.cat([out_joint.unsqueeze(-1), out_grp] + subs, -1)
 
+    if fused:
+        chunk = fused_chunk
     outs = []
     for start in range(0, B, chunk_rows):
         stop = min(B, start + chunk_rows)
@@ -559,6 +587,22 @@ class HFVAE_ELBO(Trace_ELBO):
                                  "terms mix the groups (weight the terms with alpha/beta/gamma instead)")
         return groups, global_names, (sizes[0] if sizes else None), scale
 
+    def _get_trace(self, model, guide, args, kwargs):
+        """One guide trace and the model replayed against it, as ``Trace_ELBO`` draws them, but with validation
+        off the log densities of the latent sites of the observation plate are not computed (the estimator computes
+        them per sub-variable itself): only those of observed sites and global latents."""
+        if is_validation_enabled() or isinstance(poutine.unwrap(guide), poutine.messenger.Messenger):
+            return super()._get_trace(model, guide, args, kwargs)
+        guide_trace = poutine.trace(guide, graph_type="flat").get_trace(*args, **kwargs)
+        model_trace = poutine.trace(poutine.replay(model, trace=guide_trace), graph_type="flat").get_trace(
+            *args, **kwargs)
+        guide_trace, model_trace = prune_subsample_sites(guide_trace), prune_subsample_sites(model_trace)
+        latent = {name for name, site in guide_trace.nodes.items() if site["type"] == "sample"
+                  and not site["is_observed"] and self._data_frame(site) is not None}
+        model_trace.compute_log_prob(lambda name, site: name not in latent)
+        guide_trace.compute_log_prob(lambda name, site: name not in latent)
+        return model_trace, guide_trace
+
     # ------------------------------------------------------------------ terms
     def _terms(self, model_trace, guide_trace):
         """Per-observation terms ``(B,)`` plus the summed reconstruction and global-latent terms."""
@@ -576,7 +620,6 @@ class HFVAE_ELBO(Trace_ELBO):
         bshape = groups[0].value.shape[:groups[0].lead + 1]  # (*particles, B)
         lq_sub = torch.cat([g.q.log_prob(g.value).reshape(bshape + (g.num_sub,)) for g in groups], -1)
         lp_sub = torch.cat([g.p.log_prob(g.value).reshape(bshape + (g.num_sub,)) for g in groups], -1)
-        lp_grp = torch.stack([g.p_site.log_prob(g.value).expand(bshape) for g in groups], -1)  # (*, B, D)
         sizes = [g.num_sub for g in groups]
 
         def per_group(sub):  # (*, B, E) -> (*, B, D)
@@ -589,9 +632,9 @@ class HFVAE_ELBO(Trace_ELBO):
         t.update(
             mutual_information=lq - lqh,
             tc_between=lqh - lqh_grp.sum(-1),          # prior part of (A) is 0: sites are independent a priori
-            tc_within=(lqh_grp - per_group(lqh_sub)).sum(-1) - (lp_grp - per_group(lp_sub)).sum(-1),
+            tc_within=(lqh_grp - per_group(lqh_sub)).sum(-1),   # prior part of (i) is 0: see latent_groups
             dimension_kl=(lqh_sub - lp_sub).sum(-1),
-            kl=lq - lp_grp.sum(-1),                    # the ordinary log q(z|x) - log p(z)
+            kl=lq - lp_sub.sum(-1),                    # the ordinary log q(z|x) - log p(z)
         )
         return t
 
