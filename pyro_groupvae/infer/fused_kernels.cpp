@@ -1,8 +1,8 @@
 // Fused CPU kernels of the HFVAE batch estimator of q(z) (pyro_groupvae/infer/fused.py).
 //
-// They compute the same numbers as the tensor code they replace (_NormalLSE and the class log-sum-exp of the
-// Concrete density in hfvae_elbo.py) without building any B x B x E table: each value is formed in registers,
-// reduced, and formed again in the backward pass. Built at first use with the system C++ compiler and loaded with
+// They compute the same numbers as the estimator's tensor code in hfvae_elbo.py (within float rounding) without
+// building any B x B x E table: each pairwise density is formed directly in the input dtype, reduced, and formed
+// again in the backward pass. Built at first use with the system C++ compiler and loaded with
 // ctypes; plain C ABI, raw contiguous arrays, float and double. Rows are split over `nthreads` std::threads, each
 // thread accumulating the gradients of batch columns into its own buffer.
 #include <algorithm>
@@ -266,7 +266,7 @@ void group_lse_fwd(int64_t P, int64_t D, int64_t c, int64_t B, const T* const* x
       for (int64_t d = 0; d < D; ++d) {
         const T* __restrict__ row = xs[d] + w * B;
         out[(p * (D + 1) + d) * c + i] = diag_lse(row, B, jd, dw);
-        for (int64_t j = 0; j < B; ++j) s[j] += row[j];
+        add_row(B, row, s);
       }
       out[(p * (D + 1) + D) * c + i] = diag_lse(s, B, jd, dw);
     }
@@ -286,7 +286,7 @@ void group_lse_bwd(int64_t P, int64_t D, int64_t c, int64_t B, const T* const* x
       std::fill(S.begin(), S.end(), T(0));
       for (int64_t d = 0; d < D; ++d) {
         const T* __restrict__ row = xs[d] + w * B;
-        for (int64_t j = 0; j < B; ++j) s[j] += row[j];
+        add_row(B, row, s);
       }
       const T oJ = out[(p * (D + 1) + D) * c + i], gJ = grad[(p * (D + 1) + D) * c + i];
       for (int64_t j = 0; j < B; ++j) wj[j] = gJ * ex(s[j] - oJ);
