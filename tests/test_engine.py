@@ -13,7 +13,8 @@ import torch
 from pyro import poutine
 
 from pyro_groupvae.data import GroupBatchSampler, ImageDataset, RandomBatchSampler
-from pyro_groupvae.data.base import LazyDataset, as_dataset
+from pyro_groupvae.data.base import as_dataset
+from pyro_groupvae.data.lazy import LazyImageDataset
 from pyro_groupvae.errors import CheckpointError, ConfigError, InputError, RunFolderError
 from pyro_groupvae.infer import fit
 from pyro_groupvae.infer.lightning import DataParallelScale, PyroTrainingPlan
@@ -224,7 +225,8 @@ def test_user_dataset_tensordataset_numpy_and_lazy_data_train():
             return x[i], int(y[i])
 
     lazy = as_dataset(Folder())  # labels read once from the items (no targets attribute)
-    assert isinstance(lazy, LazyDataset) and torch.equal(lazy.y, data.y)
+    assert isinstance(lazy, LazyImageDataset) and torch.equal(lazy.y, data.y)
+    assert torch.equal(lazy.x[[3, 1]], data.x[[3, 1]])
     Folder.targets = y  # with labels known, only the batches' images are read
     Folder.reads = 0
     for source in (Folder(), torch.utils.data.TensorDataset(data.x, data.y), (x, y)):
@@ -233,6 +235,28 @@ def test_user_dataset_tensordataset_numpy_and_lazy_data_train():
     assert 0 < Folder.reads <= len(y) + 1  # one epoch read per batch (+ the first item, for the image shape)
     h = fit(tiny(), Folder(), sampler(data), 1, progress=False, num_workers=1)
     assert math.isfinite(h[-1]["train_elbo"])
+
+
+def test_user_dataset_errors_name_the_problem():
+    class Items(torch.utils.data.Dataset):
+        def __init__(self, x, y):
+            self.x_, self.y_ = x, y
+
+        def __len__(self):
+            return len(self.x_)
+
+        def __getitem__(self, i):
+            return self.x_[i], self.y_[i]
+
+    x = torch.rand(6, 1, 4, 4)
+    with pytest.raises(InputError, match=r"uint8.*x.float\(\) / 255"):
+        as_dataset(Items((x * 255).to(torch.uint8), [0] * 6))
+    with pytest.raises(InputError, match="labels must be integers"):
+        as_dataset(Items(x, [0.5] * 6))
+    with pytest.raises(InputError, match="no label"):
+        as_dataset([x[i] for i in range(6)])
+    with pytest.raises(InputError, match="empty"):
+        as_dataset(Items(x[:0], []))
 
 
 # ------------------------------------------------------------------------------------------- precision, callbacks

@@ -9,7 +9,8 @@
 
 A *reader* does the file access; it is any object with ``__len__``, ``image_shape`` ``(C, H, W)``, ``dtype``
 (``np.uint8``: values 0..255, or ``np.float32``: values in ``[0, 1]``) and ``read(rows) -> ndarray (n, C, H, W)``
-for a sorted, duplicate-free int64 array of rows. Readers that hold open file handles (HDF5, memory maps) reopen
+for a sorted, duplicate-free int64 array of rows (:class:`ArrayReader`: arrays, memory maps, HDF5; :class:`DatasetReader`: a user's
+``torch.utils.data.Dataset``, wrapped by :func:`from_torch_dataset`, which is what ``fit`` does with one). Readers that hold open file handles (HDF5, memory maps) reopen
 them in a new process, so a dataset can be pickled to ``DataLoader`` workers.
 
 Optional in-memory cache (``cache=True``): rows are kept, in the reader's dtype, the first time they are read, so
@@ -31,7 +32,10 @@ from typing import Optional
 import numpy as np
 import torch
 
-__all__ = ["LazyImageDataset", "LazyImages", "ArrayReader", "ConcatReader", "concat_datasets", "verify_md5",
+from ..errors import InputError
+
+__all__ = ["LazyImageDataset", "LazyImages", "ArrayReader", "ConcatReader", "DatasetReader",
+           "from_torch_dataset", "concat_datasets", "verify_md5",
            "KNOWN_MD5", "ChecksumWarning", "resize_square"]
 
 
@@ -257,6 +261,73 @@ class ConcatReader:
             sel = np.nonzero(part == k)[0]
             out[sel] = self.readers[k].read(rows[sel] - self.starts[k])
         return out
+
+
+class DatasetReader:
+    """Reader over a user's ``torch.utils.data.Dataset`` whose items are ``(x, y)``, ``{"x": ..., "y": ...}`` or an
+    image alone: ``read`` stacks the images of the rows asked for (float32, so no rescaling), so a batch reads
+    just its own items. Images must be floating point in ``[0, 1]``; uint8 or integer items are refused with a hint.
+    """
+
+    dtype = np.float32
+
+    def __init__(self, dataset):
+        if len(dataset) == 0:
+            raise InputError("the dataset is empty")
+        self.dataset = dataset
+        self.image_shape = tuple(self._image(0).shape)
+
+    def __len__(self):
+        return len(self.dataset)
+
+    def _image(self, i):
+        x = _item_x(self.dataset[int(i)])
+        x = x if torch.is_tensor(x) else torch.as_tensor(np.asarray(x))
+        if not x.is_floating_point():
+            hint = "convert 0..255 pixels with x.float() / 255" if x.dtype == torch.uint8 else \
+                "convert with x.float() (images are floating point in [0, 1])"
+            raise InputError(f"the dataset's images must be floating point, got dtype {x.dtype} (item {int(i)}): "
+                             f"{hint} in its __getitem__")
+        return x.detach().cpu().float().numpy()
+
+    def read(self, rows):
+        if not len(rows):
+            return np.zeros((0,) + self.image_shape, np.float32)
+        return np.stack([self._image(i) for i in rows])
+
+
+def _item_x(item):
+    return item[0] if isinstance(item, (tuple, list)) else item["x"] if isinstance(item, dict) else item
+
+
+def _item_y(item):
+    return item[1] if isinstance(item, (tuple, list)) else item["y"] if isinstance(item, dict) else None
+
+
+def from_torch_dataset(dataset, labels=None, name=None) -> "LazyImageDataset":
+    """A user's ``torch.utils.data.Dataset`` (items ``(x, y)`` or ``{"x": ..., "y": ...}``, ``y`` a label or group
+    id) as a :class:`LazyImageDataset` that reads its images per batch (in DataLoader workers when
+    ``num_workers > 0``), so a dataset larger than memory trains. The labels come from ``labels``, else the
+    dataset's ``y`` / ``targets`` / ``labels`` attribute, else are read once from every item.
+    """
+    reader = DatasetReader(dataset)
+    if labels is None:
+        for attr in ("y", "targets", "labels"):
+            if getattr(dataset, attr, None) is not None:
+                labels = getattr(dataset, attr)
+                break
+    if labels is None:
+        labels = [_item_y(dataset[i]) for i in range(len(dataset))]
+        if any(v is None for v in labels):
+            raise InputError("the dataset's items carry no label/group id: give labels=... (one per row)")
+        labels = [v.item() if torch.is_tensor(v) or isinstance(v, np.ndarray) else v for v in labels]
+    y = torch.as_tensor(np.asarray(labels) if not torch.is_tensor(labels) else labels)
+    if y.is_floating_point() or y.dtype == torch.bool:
+        raise InputError(f"labels must be integers, got dtype {y.dtype}")
+    y = y.long().reshape(-1)
+    if y.shape != (len(dataset),):
+        raise InputError(f"labels must have shape ({len(dataset)},) (one per row), got {tuple(y.shape)}")
+    return LazyImageDataset(reader, y, name=name or type(dataset).__name__)
 
 
 def concat_datasets(datasets, name: str = "", cache: bool = False) -> "LazyImageDataset":
