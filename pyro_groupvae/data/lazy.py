@@ -9,9 +9,10 @@
 
 A *reader* does the file access; it is any object with ``__len__``, ``image_shape`` ``(C, H, W)``, ``dtype``
 (``np.uint8``: values 0..255, or ``np.float32``: values in ``[0, 1]``) and ``read(rows) -> ndarray (n, C, H, W)``
-for a sorted, duplicate-free int64 array of rows (:class:`ArrayReader`: arrays, memory maps, HDF5; :class:`DatasetReader`: a user's
-``torch.utils.data.Dataset``, wrapped by :func:`from_torch_dataset`, which is what ``fit`` does with one). Readers that hold open file handles (HDF5, memory maps) reopen
-them in a new process, so a dataset can be pickled to ``DataLoader`` workers.
+for a sorted, duplicate-free int64 array of rows (:class:`ArrayReader`: arrays, memory maps, HDF5;
+:class:`DatasetReader`: a user's ``torch.utils.data.Dataset``, wrapped by :func:`from_torch_dataset`, which is what
+``fit`` does with one). Readers that hold open file handles (HDF5, memory maps) reopen them in a new process, so a
+dataset can be pickled to ``DataLoader`` workers.
 
 Optional in-memory cache (``cache=True``): rows are kept, in the reader's dtype, the first time they are read, so
 later epochs touch no file. The cache is per process: with ``num_workers > 0`` each worker fills its own copy (use
