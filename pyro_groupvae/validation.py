@@ -248,7 +248,7 @@ OPTION_RULES = {
     "group_size": (_INT, 1, False, "the number of images per group"),
     "max_group_size": (_INT, 1, False, "the largest group size"),
     "batches_per_step": (_INT, 1, False, "the number of random batches per step"),
-    "subset": (_INT, 1, False, "the number of training images to keep"),
+    "num_images": (_INT, 1, False, "the number of images to keep"),
     "clip_norm": (_FLOAT, 0, True, "the gradient-norm clipping threshold"),
     "num_nodes": (_INT, 1, False, "the number of machines"),
     "num_workers": (_INT, 0, False, "the number of data-loader worker processes"),

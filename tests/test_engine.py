@@ -259,6 +259,15 @@ def test_user_dataset_errors_name_the_problem():
         as_dataset(Items(x[:0], []))
 
 
+def test_progress_bar_in_a_log_is_redrawn_about_ten_times_per_epoch(capsys):
+    data = toy(n_labels=40)
+    steps = len(sampler(data))
+    assert steps >= 30
+    fit(tiny(), data, sampler(data), 1, progress=True)  # captured stdout is not a terminal
+    updates = capsys.readouterr().out.count("elbo=")
+    assert 5 <= updates <= 2 * (10 + 2), updates  # not one per step (tqdm may draw each refresh twice)
+
+
 # ------------------------------------------------------------------------------------------- precision, callbacks
 def test_bf16_mixed_matches_fp32_on_a_fixed_batch_and_fp16_is_refused():
     from pytorch_lightning.plugins.precision import MixedPrecision

@@ -34,7 +34,8 @@ def add_dataset_arguments(p):
     g.add_argument("--cache-images", action="store_true",
                    help="keep images in memory once read (lazy datasets)")
     g.add_argument("--num-images", type=int, default=None,
-                   help="ground-truth benchmarks: a random subset of this many images of the split")
+                   help="dSprites and the ground-truth benchmarks: a random subset of this many images of the "
+                        "split")
     g.add_argument("--label-factor", default=None, help="ground-truth benchmarks: the factor used as label / group")
     g.add_argument("--no-verify-checksums", action="store_true",
                    help="skip the MD5 check of the official files")

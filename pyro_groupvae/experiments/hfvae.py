@@ -13,7 +13,6 @@ The metrics are pure functions in :mod:`pyro_groupvae.evaluation.hfvae`.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import time
 from pathlib import Path
@@ -38,16 +37,6 @@ DATASET_DEFAULTS = {
 }
 
 
-class _SubsetAction(argparse.Action):
-    """``--subset N``: the dataset option ``n`` (number of dSprites images drawn for the run)."""
-
-    def __call__(self, parser, namespace, values, option_string=None):
-        setattr(namespace, self.dest, values)
-        opts = dict(getattr(namespace, "dataset_options", None) or {})
-        opts["n"] = int(values)
-        namespace.dataset_options = opts
-
-
 #: model options are generated from :class:`~pyro_groupvae.models.HFVAEConfig`. ``None`` defaults here: alpha
 #: and delta come from the preset unless given, the latent sizes from the dataset (:data:`DATASET_DEFAULTS`)
 CONFIG_DEFAULTS = {"alpha": None, "delta": None, "continuous_dim": None, "discrete_classes": None,
@@ -57,8 +46,8 @@ CONFIG_DEFAULTS = {"alpha": None, "delta": None, "continuous_dim": None, "discre
 def _add_args(p):
     """Sampler and data options (the model's come from its config)."""
     p.add_argument("--batch-size", type=int, default=512, help="paper: 512-1024")
-    p.add_argument("--subset", type=int, default=None, action=_SubsetAction,
-                   help="dSprites: number of training images drawn (dataset option n)")
+    p.add_argument("--subset", dest="num_images", type=int, default=None,
+                   help="alias of --num-images (dSprites: the number of training images drawn)")
     p.add_argument("--dataset-options", type=json.loads, default=None,
                    help='JSON dict passed to the dataset loader, e.g. \'{"n": 20000}\'')
     add_dataset_arguments(p)
@@ -113,7 +102,7 @@ def _test_data(config, n=None):
     opts = dict(config.get("options", {}))
     if config.get("dataset") == "dsprites":
         dopts = dict(opts.get("dataset_options") or {})
-        dopts["n"] = n or min(int(dopts.get("n", 5000)), 5000)
+        dopts["n"] = n or min(int(dopts.get("n", opts.get("num_images") or 5000)), 5000)
         opts["dataset_options"] = dopts
     try:
         return load_data(config["dataset"], "test", opts)

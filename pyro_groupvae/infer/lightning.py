@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import sys
 import time
 
 import pyro
@@ -395,7 +396,17 @@ class RunFolderCheckpoint(pl.callbacks.Checkpoint):
 
 
 class ElboProgressBar(pl.callbacks.TQDMProgressBar):
-    """Lightning's progress bar with the running training ELBO per observation of the epoch."""
+    """Lightning's progress bar with the running training ELBO per observation of the epoch.
+
+    :param int steps_per_epoch: when the output is not a terminal (a log file, a notebook's captured stream), the
+        bar is redrawn about ten times per epoch instead of at every step, so a log holds a few updates per epoch.
+    """
+
+    def __init__(self, steps_per_epoch=None, refresh_rate=None):
+        if refresh_rate is None:
+            tty = getattr(sys.stdout, "isatty", lambda: False)()  # where Lightning's bar writes
+            refresh_rate = 1 if tty or not steps_per_epoch else max(1, int(steps_per_epoch) // 10)
+        super().__init__(refresh_rate=refresh_rate)
 
     def get_metrics(self, trainer, plan):
         items = super().get_metrics(trainer, plan)

@@ -183,6 +183,13 @@ def _check_sampler(sampler, data, what):
                          f"sampler from this data's labels (e.g. GroupBatchSampler(data.y, ...))")
 
 
+def _len_or_none(obj):
+    try:
+        return len(obj)
+    except TypeError:
+        return None
+
+
 def _is_lazy(data):
     """Data whose images are read per batch (checked per batch, not once up front)."""
     return not torch.is_tensor(getattr(data, "x", None))
@@ -351,7 +358,7 @@ def fit(model, data, sampler, epochs=None, elbo=None, lr=None, device=None, seed
 
     cbs = list(callbacks or [])
     if progress:
-        cbs.append(ElboProgressBar())
+        cbs.append(ElboProgressBar(steps_per_epoch=_len_or_none(sampler)))
     if early_stopping:
         monitor = "val_elbo" if val_sampler is not None else "train_elbo"
         cbs.append(pl.callbacks.EarlyStopping(monitor=monitor, mode="max", patience=int(early_stopping),
