@@ -64,19 +64,33 @@ inline void add_row(int64_t B, const T* __restrict__ x, T* __restrict__ s) {
   for (int64_t j = 0; j < B; ++j) s[j] += x[j];
 }
 
+// Log-sum-exp of one row x[0..B) with the weights of eq. 13 (minus the constant off-diagonal one):
+// log sum_j exp(x_j + dw [j == jd]).
 template <typename T>
-inline T row_max(int64_t B, const T* __restrict__ x) {
-  T m = std::numeric_limits<T>::lowest();
-  for (int64_t j = 0; j < B; ++j) m = x[j] > m ? x[j] : m;
-  return m;
+inline T diag_lse(const T* __restrict__ x, int64_t B, int64_t jd, T dw) {
+  T m = x[jd] + dw;
+  for (int64_t j = 0; j < jd; ++j) m = x[j] > m ? x[j] : m;
+  for (int64_t j = jd + 1; j < B; ++j) m = x[j] > m ? x[j] : m;
+  T s = 0;
+  for (int64_t j = 0; j < jd; ++j) s += ex(x[j] - m);
+  for (int64_t j = jd + 1; j < B; ++j) s += ex(x[j] - m);
+  s += ex(x[jd] + dw - m);
+  return m + lg(s);
 }
 
+// Column gradients accumulated by several threads: thread t adds into slice(t) (the output itself when there is
+// one thread), then reduce() sums the slices into the output. The output is zeroed on construction.
 template <typename T>
-inline T row_sumexp(int64_t B, const T* __restrict__ x, T m) {
-  T s = 0;
-  for (int64_t j = 0; j < B; ++j) s += ex(x[j] - m);
-  return s;
-}
+struct ThreadBuffers {
+  int nthreads; int64_t n; T* out; std::vector<T> buf;
+  ThreadBuffers(int nt, int64_t n_, T* out_)
+      : nthreads(nt), n(n_), out(out_), buf((size_t)(nt > 1 ? nt : 0) * n_, T(0)) { std::fill(out, out + n, T(0)); }
+  T* slice(int t) { return nthreads > 1 ? buf.data() + (size_t)t * n : out; }
+  void reduce() {
+    if (nthreads > 1)
+      for (int t = 0; t < nthreads; ++t) add_row(n, buf.data() + (size_t)t * n, out);
+  }
+};
 
 // Per-dimension marginals and the group's pairwise table of a Normal group, rows offset .. offset + c:
 //   out[p, e, i] = log sum_j exp(x[p, e, i, j] + dw [j == i + offset]),  grp[p, i, j] = sum_e x[p, e, i, j],
@@ -97,9 +111,7 @@ void normal_group_fwd(int64_t P, int64_t E, int64_t c, int64_t B, const T* z, co
         const int64_t r = p * E + e;
         normal_row(B, z[r * c + i], mu + r * B, h + r * B, a + r * B, X);
         add_row(B, X, g);
-        X[jd] += dw;
-        const T m = row_max(B, X);
-        out[r * c + i] = m + lg(row_sumexp(B, X, m));
+        out[r * c + i] = diag_lse(X, B, jd, dw);
       }
     }
   });
@@ -131,12 +143,11 @@ void normal_group_bwd(int64_t P, int64_t E, int64_t c, int64_t B, const T* z, co
                       T* gh, T* ga, int nthreads) {
   nthreads = (int)std::max<int64_t>(1, std::min<int64_t>(nthreads, P * c));
   const int64_t nB = P * E * B;
-  std::vector<T> buf((size_t)(nthreads > 1 ? nthreads : 0) * 3 * nB, T(0));
-  std::fill(gmu, gmu + nB, T(0)); std::fill(gh, gh + nB, T(0)); std::fill(ga, ga + nB, T(0));
+  ThreadBuffers<T> bmu(nthreads, nB, gmu), bh(nthreads, nB, gh), ba(nthreads, nB, ga);
   parallel_rows(P * c, nthreads, [&, z, mu, h, a, out, gout, ggrp, gz](int t, int64_t w0, int64_t w1) {
-    T* GMU = nthreads > 1 ? buf.data() + (size_t)t * 3 * nB : gmu;
-    T* GH = nthreads > 1 ? GMU + nB : gh;
-    T* GA = nthreads > 1 ? GH + nB : ga;
+    T* GMU = bmu.slice(t);
+    T* GH = bh.slice(t);
+    T* GA = ba.slice(t);
     std::vector<T> Zb(ggrp ? 0 : (size_t)B, T(0));
     for (int64_t w = w0; w < w1; ++w) {
       const int64_t p = w / c, i = w % c, jd = i + offset;
@@ -149,12 +160,7 @@ void normal_group_bwd(int64_t P, int64_t E, int64_t c, int64_t B, const T* z, co
       }
     }
   });
-  if (nthreads > 1) {
-    for (int t = 0; t < nthreads; ++t) {
-      const T* src = buf.data() + (size_t)t * 3 * nB;
-      for (int64_t k = 0; k < nB; ++k) { gmu[k] += src[k]; gh[k] += src[nB + k]; ga[k] += src[2 * nB + k]; }
-    }
-  }
+  bmu.reduce(); bh.reduce(); ba.reduce();
 }
 
 // Pairwise ExpConcrete log densities (Maddison et al. eq. B.5) of rows val (P, c, V, K) under the batch's
@@ -200,11 +206,10 @@ void concrete_lp_bwd(int64_t P, int64_t c, int64_t V, int64_t K, int64_t B, cons
                      const T* lse, const T* grad, T* gLt, T* gv, T* gtau, T* gcst, int nthreads) {
   nthreads = (int)std::max<int64_t>(1, std::min<int64_t>(nthreads, P * V * c));
   const int64_t nL = P * V * K * B;
-  std::vector<T> buf((size_t)(nthreads > 1 ? nthreads : 0) * nL, T(0));
+  ThreadBuffers<T> bL(nthreads, nL, gLt);
   std::vector<T> gt((size_t)nthreads, T(0)), gc((size_t)nthreads, T(0));
-  std::fill(gLt, gLt + nL, T(0));
   parallel_rows(P * V * c, nthreads, [&, val, Lt, lse, grad, gv](int t, int64_t w0, int64_t w1) {
-    T* G = nthreads > 1 ? buf.data() + (size_t)t * nL : gLt;
+    T* G = bL.slice(t);
     T gtl = 0, gcl = 0;
     for (int64_t w = w0; w < w1; ++w) {
       const int64_t i = w % c, pv = w / c, p = pv / V, vv = pv % V;
@@ -230,25 +235,7 @@ void concrete_lp_bwd(int64_t P, int64_t c, int64_t V, int64_t K, int64_t B, cons
   T s = 0, sc = 0;
   for (int t = 0; t < nthreads; ++t) { s += gt[t]; sc += gc[t]; }
   *gtau = s; *gcst = sc;
-  if (nthreads > 1)
-    for (int t = 0; t < nthreads; ++t) {
-      const T* src = buf.data() + (size_t)t * nL;
-      for (int64_t k = 0; k < nL; ++k) gLt[k] += src[k];
-    }
-}
-
-// Log-sum-exp of one row x[0..B) with the weights of eq. 13 (minus the constant off-diagonal one):
-// log sum_j exp(x_j + dw [j == jd]).
-template <typename T>
-inline T diag_lse(const T* __restrict__ x, int64_t B, int64_t jd, T dw) {
-  T m = x[jd] + dw;
-  for (int64_t j = 0; j < jd; ++j) m = x[j] > m ? x[j] : m;
-  for (int64_t j = jd + 1; j < B; ++j) m = x[j] > m ? x[j] : m;
-  T s = 0;
-  for (int64_t j = 0; j < jd; ++j) s += ex(x[j] - m);
-  for (int64_t j = jd + 1; j < B; ++j) s += ex(x[j] - m);
-  s += ex(x[jd] + dw - m);
-  return m + lg(s);
+  bL.reduce();
 }
 
 // Group and joint marginals of eq. 13 from the pairwise group log densities, D tables xs[d] (P, c, B):
