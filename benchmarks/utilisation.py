@@ -8,12 +8,16 @@ For every model's training step at its experiment's default size, measured in on
   backward; matmuls and convolutions only -- elementwise work and the optimiser are not counted);
 * the step's time: the median of the training step that :func:`~pyro_groupvae.infer.train.fit` runs (the
   Lightning plan's step: ``zero_grad``, the ELBO module's loss, backward, the plan's Adam, with trusted inputs and
-  no Pyro validation), on one batch of the recipe's own sampler;
+  no Pyro validation, glibc's malloc thresholds raised as ``fit`` does on the CPU), on one batch of the recipe's own
+  sampler;
 
 and prints achieved GFLOP/s and the fraction of the peak.
 
+With ``--matmul-bound`` each step's matrix products are also replayed alone (same shapes and strides, random
+operands), interleaved with the steps: the fraction of peak the step would reach if all else were free.
+
 Usage: ``OMP_NUM_THREADS=1 python benchmarks/utilisation.py [--repeats 20] [--models mlvae,ugvae,...]
-[--compile]``
+[--compile] [--matmul-bound]``
 """
 from __future__ import annotations
 
@@ -52,13 +56,49 @@ def matmul_peak(reps=3):
     return best
 
 
+def matmul_replay(step):
+    """A function that runs the products the flop counter counts in one ``step()`` alone (matrix products and
+    convolutions, forward and backward: the same shapes, strides and arguments on random operands), in order: the
+    step's time if everything else were free."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    aten = torch.ops.aten
+    ops = (aten.mm.default, aten.addmm.default, aten.bmm.default, aten.baddbmm.default, aten.convolution.default,
+           aten.convolution_backward.default)
+    calls = []
+
+    class Record(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            if func in ops:
+                calls.append((func, [("T", a.shape, a.stride()) if isinstance(a, torch.Tensor) else a for a in args],
+                              kwargs or {}))
+            return func(*args, **(kwargs or {}))
+
+    with Record():
+        step()
+
+    def operand(a):
+        if not (isinstance(a, tuple) and a and a[0] == "T"):
+            return a
+        shape, stride = a[1], a[2]
+        return torch.randn(sum((n - 1) * s for n, s in zip(shape, stride)) + 1).as_strided(shape, stride)
+
+    replay = [(func, [operand(a) for a in args], kw) for func, args, kw in calls]
+
+    def run():
+        for func, args, kw in replay:
+            func(*args, **kw)
+
+    return run
+
+
 def default_options(recipe):
     p = argparse.ArgumentParser()
     recipe.add_arguments(p)
     return vars(p.parse_args([]))
 
 
-def build_step(case, compile_nets=False):
+def build_step(case, compile_nets=False, retain_cpu_memory=True):
     """``(step, count_flops, description, stack)`` for one case: ``step()`` is one training step of ``fit`` on a
     fixed batch, as :class:`~pyro_groupvae.infer.lightning.PyroTrainingPlan` runs it (``zero_grad`` to None, the
     ELBO module's loss, backward, the plan's Adam; trusted inputs, Pyro validation off, modules registered once)."""
@@ -80,7 +120,8 @@ def build_step(case, compile_nets=False):
 
         compile_networks(model)
     pyro.clear_param_store()
-    plan = PyroTrainingPlan(model, train, parts["sampler"], elbo=parts.get("elbo"), lr=1e-3)
+    plan = PyroTrainingPlan(model, train, parts["sampler"], elbo=parts.get("elbo"), lr=1e-3,
+                            retain_cpu_memory=retain_cpu_memory)
     opt = plan.configure_optimizers()
     batch = next(iter(parts["sampler"]))
     kw = model.batch_inputs(train, batch, torch.device("cpu"))
@@ -113,6 +154,8 @@ def main(argv=None):
     ap.add_argument("--repeats", type=int, default=20, help="timed steps per model")
     ap.add_argument("--models", default=",".join(CASES))
     ap.add_argument("--compile", action="store_true", help="torch.compile the networks (nets.compile_networks)")
+    ap.add_argument("--matmul-bound", action="store_true",
+                    help="also time the step's matrix products alone (replayed on random operands)")
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
     print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, OMP_NUM_THREADS="
@@ -125,18 +168,27 @@ def main(argv=None):
             for _ in range(3):  # warm-up (and compilation)
                 step()
             flops = count_flops()
-            times, peaks = [], []
+            replay = matmul_replay(step) if args.matmul_bound else None
+            times, peaks, mm_times = [], [], []
             for i in range(args.repeats):
                 if i % 5 == 0:
                     peaks.append(matmul_peak(1))  # interleaved with the steps
                 t0 = time.perf_counter()
                 step()
                 times.append(time.perf_counter() - t0)
+                if replay is not None:
+                    t0 = time.perf_counter()
+                    replay()
+                    mm_times.append(time.perf_counter() - t0)
         t, peak = statistics.median(times), statistics.median(peaks)
         rate = flops / t / 1e9
         rows.append((case, flops, t, rate, peak))
         print(f"{case:16s} {flops / 1e9:10.3f} {t * 1e3:9.1f} {rate:8.1f} {peak:7.1f} {rate / peak:8.1%}   {desc}",
               flush=True)
+        if mm_times:
+            tm = statistics.median(mm_times)
+            print(f"{'':16s} {'':10s} {tm * 1e3:9.1f} {flops / tm / 1e9:8.1f} {'':7s} {flops / tm / 1e9 / peak:8.1%}"
+                  "   its matrix products alone", flush=True)
     return 0
 
 

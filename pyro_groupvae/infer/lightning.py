@@ -134,14 +134,18 @@ class PyroTrainingPlan(pl.LightningModule):
     :param int num_workers: DataLoader workers (persistent); ``pin_memory`` is on for CUDA.
     :param bool jit: train with the JIT version of ``elbo`` (:class:`~pyro_groupvae.infer.jit.JitLoss`: batch
         tensors passed by position, one compiled trace per batch shape); validation uses the plain ``elbo``.
+    :param bool retain_cpu_memory: on the CPU, keep freed step buffers in the process instead of returning them to
+        the kernel (:func:`~pyro_groupvae.infer.memory.retain_freed_memory`; glibc only, process-wide).
 
     Logged per epoch: ``train_elbo`` and ``val_elbo`` (per observation, summed over ranks), ``lr``. The
     progress bar shows the running ELBO of the epoch. :attr:`history` holds one row per epoch.
     """
 
     def __init__(self, model, data, sampler, elbo=None, lr=1e-3, val_data=None, val_sampler=None,
-                 lr_scheduler=None, trusted=True, num_workers=0, seed=0, clip_norm=None, jit=False):
+                 lr_scheduler=None, trusted=True, num_workers=0, seed=0, clip_norm=None, jit=False,
+                 retain_cpu_memory=True):
         super().__init__()
+        self.retain_cpu_memory = bool(retain_cpu_memory)
         self.model = model
         self.elbo = elbo or model.default_elbo()
         self.loss_module = self.elbo(model.model, model.guide)  # pyro.infer.elbo.ELBOModule
@@ -232,6 +236,10 @@ class PyroTrainingPlan(pl.LightningModule):
         return loss, loss, n
 
     def on_fit_start(self):
+        if self.retain_cpu_memory and self.device.type == "cpu":
+            from .memory import retain_freed_memory
+
+            retain_freed_memory()
         self._stack = contextlib.ExitStack()
         once = getattr(self.model, "registered_once", None)  # GroupModel.registered_once
         if once is not None and not self.jit:  # a JIT trace finds the parameters through the model's pyro.module

@@ -235,7 +235,7 @@ def fit(model, data, sampler, epochs=None, elbo=None, lr=None, device=None, seed
         val_sampler=None, resume=False, progress=True, config=None, clip_norm=None, validate_each_step=False,
         overwrite=False, accelerator=None, devices=None, strategy="auto", num_nodes=1, precision=None,
         logger=None, callbacks=None, max_epochs=None, num_workers=0, early_stopping=None, lr_scheduler=None,
-        jit=False, run_config=None, **trainer_kwargs):
+        jit=False, run_config=None, retain_cpu_memory=True, **trainer_kwargs):
     """Train ``model`` (a :class:`~pyro_groupvae.models.base.GroupModel`) on PyTorch Lightning with
     :class:`~pyro_groupvae.infer.lightning.PyroTrainingPlan`.
 
@@ -281,6 +281,9 @@ def fit(model, data, sampler, epochs=None, elbo=None, lr=None, device=None, seed
         ``TraceMeanField_ELBO`` -> :class:`~pyro_groupvae.infer.jit.JitTraceMeanField_ELBO`, ``TraceEnum_ELBO`` ->
         ``JitTraceEnum_ELBO``), compiled once per batch shape (a last smaller batch compiles a second trace);
         same loss, same random draws (docs/benchmarks.md has the speed). Validation uses the plain ``elbo``.
+    :param bool retain_cpu_memory: on the CPU, raise glibc's ``malloc`` thresholds so that a step's freed buffers
+        are reused by the next step instead of being returned to the kernel and faulted in again
+        (:func:`~pyro_groupvae.infer.memory.retain_freed_memory`; process-wide; no effect elsewhere).
     :param trainer_kwargs: any other ``pytorch_lightning.Trainer`` argument.
     :returns: the history, a list of dicts (epoch, train_elbo, val_elbo, seconds).
     :raises KeyboardInterrupt: on Ctrl-C (Lightning's ``sys.exit(1)`` turned back into it, with a message saying
@@ -351,7 +354,8 @@ def fit(model, data, sampler, epochs=None, elbo=None, lr=None, device=None, seed
     elbo = elbo or model.default_elbo()
     plan = PyroTrainingPlan(model, data, sampler, elbo=elbo, lr=lr, val_data=val_data, val_sampler=val_sampler,
                             lr_scheduler=lr_scheduler, trusted=not (validate_each_step or lazy),
-                            num_workers=num_workers, seed=seed, clip_norm=clip_norm, jit=jit)
+                            num_workers=num_workers, seed=seed, clip_norm=clip_norm, jit=jit,
+                            retain_cpu_memory=retain_cpu_memory)
     plan.fresh_seed = None if resume else seed
     if resume and lr != float(state.get("lr", 1e-3)):
         plan.lr_override = lr
