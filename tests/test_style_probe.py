@@ -33,3 +33,5 @@ def test_style_probe_uses_means_and_reports_linear_and_nonlinear():
     assert r["style_accuracy"] > 0.8 and r["style_linear_accuracy"] > 0.8 and r["style_knn_accuracy"] > 0.8
     # a probe trained on samples of the wide posterior mostly sees noise
     assert r["style_sample_probe_accuracy"] < r["style_accuracy"] - 0.3
+    # and a single draw of it (samples with samples) carries little of the class: signal 0.5 against noise 3
+    assert r["style_draws_accuracy"] < r["style_accuracy"] - 0.3

@@ -112,6 +112,7 @@ def evaluate(model, config, run_dir, opts):
         "style_accuracy": clf["style_accuracy"], "style_entropy_bits": clf["style_entropy_bits"],
         "style_linear_accuracy": clf["style_linear_accuracy"], "style_knn_accuracy": clf["style_knn_accuracy"],
         "style_sample_probe_accuracy": clf["style_sample_probe_accuracy"],
+        "style_draws_accuracy": clf["style_draws_accuracy"],
         "kmax": ks[-1], "curves": {k: v for k, v in clf.items() if k != "trials"}}}
     separate_style = "content" in model.latent_sites  # ML-VAE; the VAE baseline has one latent z
     name = "ML-VAE content" if separate_style else "VAE (accumulated z)"
@@ -143,6 +144,8 @@ def evaluate(model, config, run_dir, opts):
         rows_md.append(["style accuracy (means; non-linear / linear / 5-NN)",
                         f"{clf['style_accuracy']:.3f} / {clf['style_linear_accuracy']:.3f} / "
                         f"{clf['style_knn_accuracy']:.3f} (all k)"] + [""] * (len(ks) - 1))
+        rows_md.append(["style accuracy (one posterior draw; trained on draws)",
+                        f"{clf['style_draws_accuracy']:.3f} (all k)"] + [""] * (len(ks) - 1))
     if "baseline" in metrics:
         rows_md.append(["VAE accumulated accuracy"] +
                        [f"{v:.3f}" for v in metrics["baseline"]["curves"]["content_accuracy"]])
